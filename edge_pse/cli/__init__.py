@@ -1,0 +1,54 @@
+"""The `edge-pse` command. Each subcommand lives in its own module and imports heavy deps lazily,
+so that `edge-pse --help` and the on-device commands work without torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from edge_pse import __version__
+from edge_pse.errors import EdgePseError
+
+# subcommand name -> module under edge_pse.cli that defines `add_arguments(parser)` and `run(args) -> int`
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("edge_pse.cli.models", "print the E3Net presets: parameters, MACs per hop, weight bytes, latency"),
+}
+
+
+def _load(module: str):
+    import importlib
+
+    return importlib.import_module(module)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-pse", description="Personalized speech enhancement (E3Net) on Raspberry Pi and ARM CPUs."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-pse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = _load(module)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args._run
+    try:
+        return run(args)
+    except EdgePseError as e:
+        print(f"edge-pse {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"edge-pse {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

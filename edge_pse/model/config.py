@@ -1,0 +1,122 @@
+"""E3Net configuration, named presets and the streaming state spec.
+
+This module is torch-free on purpose: the runtime and the export manifest read the state spec and the
+preset table without importing the model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+SAMPLE_RATE = 16_000
+HOP = 160  # 10 ms at 16 kHz
+WINDOW = 2 * HOP  # the encoder's kernel: 20 ms, which is also the algorithmic latency
+
+
+@dataclass(frozen=True)
+class E3NetConfig:
+    """Sizes of one E3Net; presets are instances, not subclasses."""
+
+    n_filters: int = 2048  # N: learnable encoder/decoder filters
+    width: int = 256  # model width after speaker fusion (= LSTM hidden size)
+    n_blocks: int = 4  # LSTM blocks
+    ff_dim: int = 1024  # hidden size of each block's feed-forward projection
+    spk_dim: int = 256  # speaker embedding (d-vector) size
+    hop: int = HOP
+    window: int = WINDOW
+    sample_rate: int = SAMPLE_RATE
+
+    def __post_init__(self) -> None:
+        if self.window != 2 * self.hop:
+            raise ValueError("E3Net's streaming form assumes a window of exactly two hops")
+        for name in ("n_filters", "width", "n_blocks", "ff_dim", "spk_dim", "hop"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def latency_samples(self) -> int:
+        """Algorithmic latency: one analysis window (the step emits a hop one hop late)."""
+        return self.window
+
+    @property
+    def output_delay(self) -> int:
+        """Samples by which the model's output stream lags its input stream."""
+        return self.hop
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> E3NetConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown E3Net config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+# Sizes were chosen from `edge-pse models` (see README): `teacher` is the paper's size, `small` is ~2.6x
+# cheaper per hop (the paper's students are 2-4x), `tiny` stays under 0.5 M parameters so its int8 weights
+# fit in a Raspberry Pi 4's 1 MiB L2 cache. N is shrunk hardest: ~1/3 of the teacher's weights are N-sized.
+PRESETS: dict[str, E3NetConfig] = {
+    "teacher": E3NetConfig(n_filters=2048, width=256, n_blocks=4, ff_dim=1024),
+    "small": E3NetConfig(n_filters=1024, width=192, n_blocks=3, ff_dim=512),
+    "tiny": E3NetConfig(n_filters=256, width=96, n_blocks=2, ff_dim=192),
+}
+
+
+def get_preset(name: str) -> E3NetConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One state tensor the streaming step reads and returns (batch 1 at run time)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    doc: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "doc": self.doc}
+
+
+@dataclass(frozen=True)
+class StepIO:
+    """Everything the export and runtime need to call the step: inputs, outputs, state order."""
+
+    hop: int
+    spk_dim: int
+    states: tuple[StateTensor, ...] = field(default_factory=tuple)
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["hop", "spk"] + [s.name for s in self.states]
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["out"] + [f"{s.name}_out" for s in self.states]
+
+    def to_dict(self) -> dict:
+        return {
+            "inputs": [
+                {"name": "hop", "shape": [1, self.hop], "dtype": "float32"},
+                {"name": "spk", "shape": [1, self.spk_dim], "dtype": "float32"},
+            ],
+            "outputs": [{"name": "out", "shape": [1, self.hop], "dtype": "float32"}],
+            "states": [s.to_dict() for s in self.states],
+        }
+
+
+def state_spec(cfg: E3NetConfig) -> StepIO:
+    """The step's state tensors, in the order the step takes and returns them."""
+    states = [StateTensor("enc_buf", (1, cfg.hop), doc="previous input hop (first half of the window)")]
+    for k in range(cfg.n_blocks):
+        states.append(StateTensor(f"h{k}", (1, cfg.width), doc=f"LSTM block {k} hidden state"))
+        states.append(StateTensor(f"c{k}", (1, cfg.width), doc=f"LSTM block {k} cell state"))
+    states.append(StateTensor("dec_tail", (1, cfg.hop), doc="decoder overlap-add tail"))
+    return StepIO(hop=cfg.hop, spk_dim=cfg.spk_dim, states=tuple(states))

@@ -1,0 +1,117 @@
+"""E3Net (Thakker et al., Interspeech 2022), the offline (training) form.
+
+encoder -> speaker fusion -> LSTM blocks (the masker) -> mask applied -> decoder, causal throughout.
+`edge_pse.model.step` rebuilds the same weights as a one-hop streaming step for export.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_pse.model.config import E3NetConfig
+
+
+class PReLU(nn.Module):
+    """Per-channel PReLU over the last dim, written as relu(y) - a * relu(-y).
+
+    nn.PReLU wants channels in dim 1, and after a Linear it breaks ExecuTorch's XNNPACK lowering; the two-relu
+    form is the same function and quantizes and delegates on every backend (TOOLCHAIN.md).
+    """
+
+    def __init__(self, channels: int, init: float = 0.25) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) - self.weight * F.relu(-x)
+
+
+class FeedForward(nn.Module):
+    """Linear, PReLU, Linear, PReLU, LayerNorm: the block's projection in front of its LSTM."""
+
+    def __init__(self, width: int, ff_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, ff_dim)
+        self.act1 = PReLU(ff_dim)
+        self.fc2 = nn.Linear(ff_dim, width)
+        self.act2 = PReLU(width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+
+class LSTMBlock(nn.Module):
+    """feed-forward -> LSTM -> LayerNorm -> residual -> LayerNorm."""
+
+    def __init__(self, width: int, ff_dim: int) -> None:
+        super().__init__()
+        self.ff = FeedForward(width, ff_dim)
+        self.lstm = nn.LSTM(width, width, batch_first=True)
+        self.lstm_norm = nn.LayerNorm(width)
+        self.out_norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(self.ff(x))
+        return self.out_norm(x + self.lstm_norm(y))
+
+
+class E3Net(nn.Module):
+    """Personalized speech enhancement on raw 16 kHz audio, conditioned on a speaker embedding.
+
+    `forward(wave[B,T], spk[B,D]) -> wave[B,T]`. The output stream lags the input by one hop
+    (`cfg.output_delay` samples): output sample n is the enhanced input sample n - hop. This is exactly
+    what the streaming step emits hop by hop; `enhance` gives the time-aligned version.
+    """
+
+    def __init__(self, cfg: E3NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, w = cfg.n_filters, cfg.width
+        # encoder
+        self.encoder = nn.Conv1d(1, n, kernel_size=cfg.window, stride=cfg.hop)
+        self.enc_act = PReLU(n)
+        self.enc_norm = nn.LayerNorm(n)
+        # speaker fusion: [features ; d-vector] -> width
+        self.fusion = nn.Linear(n + cfg.spk_dim, w)
+        self.fusion_act = PReLU(w)
+        self.fusion_norm = nn.LayerNorm(w)
+        # masker
+        self.blocks = nn.ModuleList(LSTMBlock(w, cfg.ff_dim) for _ in range(cfg.n_blocks))
+        self.mask = nn.Linear(w, n)
+        # decoder (no bias: a bias would be added once per sample after overlap-add, not per frame)
+        self.decoder = nn.ConvTranspose1d(n, 1, kernel_size=cfg.window, stride=cfg.hop, bias=False)
+
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+        """[B,T] -> [B,F,N] features; frame f sees input samples [f*hop - hop, f*hop + hop)."""
+        x = F.pad(wave.unsqueeze(1), (self.cfg.hop, 0))
+        return self.enc_act(self.encoder(x).transpose(1, 2))
+
+    def masker(self, feats: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """[B,F,N] features and [B,D] embedding -> [B,F,N] mask in (0, 1)."""
+        spk = spk.unsqueeze(1).expand(-1, feats.shape[1], -1)
+        x = self.fusion_norm(self.fusion_act(self.fusion(torch.cat([self.enc_norm(feats), spk], dim=-1))))
+        for block in self.blocks:
+            x = block(x)
+        return torch.sigmoid(self.mask(x))
+
+    def decode(self, feats: torch.Tensor, length: int) -> torch.Tensor:
+        """[B,F,N] -> [B,length] by overlap-add; keeps the first `length` samples of the stream."""
+        return self.decoder(feats.transpose(1, 2)).squeeze(1)[:, :length]
+
+    def forward(self, wave: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        if wave.dim() != 2 or spk.dim() != 2:
+            raise ValueError("expected wave[B,T] and spk[B,D]")
+        length = wave.shape[1]
+        pad = (-length) % self.cfg.hop
+        if pad:
+            wave = F.pad(wave, (0, pad))
+        feats = self.encode(wave)
+        return self.decode(feats * self.masker(feats, spk), length)
+
+    def enhance(self, wave: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """Time-aligned output of the same length as `wave` (flushes one extra hop, drops the lag)."""
+        d = self.cfg.output_delay
+        return self.forward(F.pad(wave, (0, d)), spk)[:, d:]

@@ -1,0 +1,151 @@
+"""The streaming step: one 10 ms hop in, one hop out, explicit state. The contract between training,
+export and the device runtime (DESIGN.md).
+
+It carries the offline model's weights in an export-friendly form (TOOLCHAIN.md): the Conv1d encoder and
+ConvTranspose1d decoder become Linear layers on the two halves of the window (no concat or slicing in the
+graph), the LSTM is a hand-written cell of Linear gates (nn.LSTM stays float through PT2E), and PReLU is
+written as relu(y) - a * relu(-y) (nn.PReLU after a Linear breaks ExecuTorch's XNNPACK lowering).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edge_pse.model.config import E3NetConfig, StepIO, state_spec
+from edge_pse.model.e3net import E3Net, PReLU
+
+
+def _prelu(act: PReLU) -> PReLU:
+    out = PReLU(act.weight.numel())
+    out.load_state_dict(act.state_dict())
+    return out
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def _layer_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
+    out = nn.LayerNorm(norm.normalized_shape, eps=norm.eps)
+    out.load_state_dict(norm.state_dict())
+    return out
+
+
+class LSTMCellStep(nn.Module):
+    """One LSTM time step as eight Linear gates (input and recurrent part of i, f, g, o)."""
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        hidden = lstm.hidden_size
+        w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
+        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+        gates = []
+        for g in range(4):  # PyTorch's gate order: input, forget, cell, output
+            rows = slice(g * hidden, (g + 1) * hidden)
+            gates.append((_linear(w_ih[rows], bias[rows]), _linear(w_hh[rows], None)))
+        self.x_i, self.h_i = gates[0]
+        self.x_f, self.h_f = gates[1]
+        self.x_g, self.h_g = gates[2]
+        self.x_o, self.h_o = gates[3]
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.sigmoid(self.x_i(x) + self.h_i(h))
+        f = torch.sigmoid(self.x_f(x) + self.h_f(h))
+        g = torch.tanh(self.x_g(x) + self.h_g(h))
+        o = torch.sigmoid(self.x_o(x) + self.h_o(h))
+        c = f * c + i * g
+        return o * torch.tanh(c), c
+
+
+class BlockStep(nn.Module):
+    """One LSTM block for one frame, same math as `e3net.LSTMBlock`."""
+
+    def __init__(self, block) -> None:
+        super().__init__()
+        ff = block.ff
+        self.fc1 = _linear(ff.fc1.weight, ff.fc1.bias)
+        self.act1 = _prelu(ff.act1)
+        self.fc2 = _linear(ff.fc2.weight, ff.fc2.bias)
+        self.act2 = _prelu(ff.act2)
+        self.ff_norm = _layer_norm(ff.norm)
+        self.cell = LSTMCellStep(block.lstm)
+        self.lstm_norm = _layer_norm(block.lstm_norm)
+        self.out_norm = _layer_norm(block.out_norm)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        y = self.ff_norm(self.act2(self.fc2(self.act1(self.fc1(x)))))
+        h, c = self.cell(y, h, c)
+        return self.out_norm(x + self.lstm_norm(h)), h, c
+
+
+class E3NetStep(nn.Module):
+    """`forward(hop[B,160], spk[B,D], *state) -> (out[B,160], *new_state)`, state as in `io.states`.
+
+    Run hop by hop from zero state, it reproduces `E3Net.forward` sample for sample.
+    """
+
+    def __init__(self, model: E3Net) -> None:
+        super().__init__()
+        cfg = model.cfg
+        self.cfg = cfg
+        self.io: StepIO = state_spec(cfg)
+        hop = cfg.hop
+        enc_w = model.encoder.weight.squeeze(1)  # [N, window]
+        # encoder: the window is [previous hop ; this hop], so split the kernel instead of concatenating
+        self.enc_prev = _linear(enc_w[:, :hop], None)
+        self.enc_cur = _linear(enc_w[:, hop:], model.encoder.bias)
+        self.enc_act = _prelu(model.enc_act)
+        self.enc_norm = _layer_norm(model.enc_norm)
+        fw = model.fusion.weight
+        self.fusion_feat = _linear(fw[:, : cfg.n_filters], model.fusion.bias)
+        self.fusion_spk = _linear(fw[:, cfg.n_filters :], None)
+        self.fusion_act = _prelu(model.fusion_act)
+        self.fusion_norm = _layer_norm(model.fusion_norm)
+        self.blocks = nn.ModuleList(BlockStep(b) for b in model.blocks)
+        self.mask = _linear(model.mask.weight, model.mask.bias)
+        dec_w = model.decoder.weight.squeeze(1).t()  # [window, N]
+        # decoder: the frame's first half completes this hop's output, its second half waits for the next
+        self.dec_head = _linear(dec_w[:hop], None)
+        self.dec_tail = _linear(dec_w[hop:], None)
+
+    @classmethod
+    def from_state_dict(cls, cfg: E3NetConfig, state_dict: dict[str, torch.Tensor]) -> E3NetStep:
+        model = E3Net(cfg)
+        model.load_state_dict(state_dict)
+        return cls(model)
+
+    def initial_state(self, batch: int = 1) -> list[torch.Tensor]:
+        return [torch.zeros(batch, *s.shape[1:]) for s in self.io.states]
+
+    def forward(self, hop: torch.Tensor, spk: torch.Tensor, *state: torch.Tensor):
+        enc_buf, *lstm_state, dec_tail = state
+        feats = self.enc_act(self.enc_prev(enc_buf) + self.enc_cur(hop))
+        x = self.fusion_feat(self.enc_norm(feats)) + self.fusion_spk(spk)
+        x = self.fusion_norm(self.fusion_act(x))
+        new_lstm = []
+        for k, block in enumerate(self.blocks):
+            x, h, c = block(x, lstm_state[2 * k], lstm_state[2 * k + 1])
+            new_lstm += [h, c]
+        masked = feats * torch.sigmoid(self.mask(x))
+        out = self.dec_head(masked) + dec_tail
+        return (out, hop, *new_lstm, self.dec_tail(masked))
+
+
+@torch.no_grad()
+def run_step(step: E3NetStep, wave: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+    """Run the step hop by hop over wave[B,T] (T a multiple of the hop); returns the output stream."""
+    hop = step.cfg.hop
+    if wave.shape[1] % hop:
+        raise ValueError(f"length {wave.shape[1]} is not a multiple of the hop ({hop})")
+    state = step.initial_state(wave.shape[0])
+    outs = []
+    for t in range(0, wave.shape[1], hop):
+        out, *state = step(wave[:, t : t + hop], spk, *state)
+        outs.append(out)
+    return torch.cat(outs, dim=1)

@@ -1,0 +1,109 @@
+"""The model family and its streaming step: exactness, export form, computed sizes."""
+
+import pytest
+import torch
+
+from edge_pse.model.config import PRESETS, E3NetConfig, get_preset, state_spec
+from edge_pse.model.e3net import E3Net
+from edge_pse.model.stats import model_stats
+from edge_pse.model.step import E3NetStep, run_step
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_step_equals_offline_over_10s(name: str) -> None:
+    cfg = PRESETS[name]
+    torch.manual_seed(1)
+    model = E3Net(cfg).eval()
+    step = E3NetStep(model).eval()
+    wave = 0.3 * torch.randn(1, 10 * cfg.sample_rate)
+    spk = torch.nn.functional.normalize(torch.randn(1, cfg.spk_dim), dim=-1)
+    with torch.no_grad():
+        offline = model(wave, spk)
+    streamed = run_step(step, wave, spk)
+    assert streamed.shape == offline.shape
+    tol = 1e-5 * offline.abs().max()
+    assert (streamed - offline).abs().max() <= tol
+    # the edges are where padding and overlap-add state go wrong: check them on their own
+    assert (streamed[:, : cfg.hop] - offline[:, : cfg.hop]).abs().max() <= tol
+    assert (streamed[:, -cfg.hop :] - offline[:, -cfg.hop :]).abs().max() <= tol
+    assert offline[:, : cfg.hop].abs().max() > 0  # the first hop is real output, not padding
+
+
+def test_step_runs_a_trained_checkpoint_unchanged(tmp_path) -> None:
+    cfg = get_preset("tiny")
+    torch.manual_seed(2)
+    model = E3Net(cfg)
+    # move every weight away from its init, as training would
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "ckpt.pt"
+    torch.save(model.state_dict(), path)
+    step = E3NetStep.from_state_dict(cfg, torch.load(path, weights_only=True)).eval()
+    wave = 0.3 * torch.randn(2, 50 * cfg.hop)  # batch of two: the step is batch-agnostic
+    spk = torch.randn(2, cfg.spk_dim)
+    with torch.no_grad():
+        offline = model.eval()(wave, spk)
+    assert torch.allclose(run_step(step, wave, spk), offline, atol=1e-5 * float(offline.abs().max()))
+
+
+def test_offline_handles_partial_hops_and_enhance_is_aligned() -> None:
+    cfg = get_preset("tiny")
+    model = E3Net(cfg).eval()
+    wave, spk = torch.randn(1, 1234), torch.randn(1, cfg.spk_dim)
+    with torch.no_grad():
+        y = model(wave, spk)
+        aligned = model.enhance(wave, spk)
+        longer = model(torch.nn.functional.pad(wave, (0, cfg.hop)), spk)
+    assert y.shape == aligned.shape == wave.shape
+    assert torch.allclose(aligned, longer[:, cfg.hop :], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_step_exports_without_lstm_or_prelu(name: str) -> None:
+    cfg = PRESETS[name]
+    step = E3NetStep(E3Net(cfg)).eval()
+    args = (torch.zeros(1, cfg.hop), torch.zeros(1, cfg.spk_dim), *step.initial_state(1))
+    ep = torch.export.export(step, args)
+    targets = [str(n.target).lower() for n in ep.graph.nodes if n.op == "call_function"]
+    assert any("linear" in t for t in targets)
+    assert not any("lstm" in t or "prelu" in t for t in targets), targets
+    # the exported program keeps the state contract: one output per state plus the audio
+    spec = state_spec(cfg)
+    outputs = ep.module()(*args)
+    assert len(outputs) == 1 + len(spec.states)
+    for tensor, state in zip(outputs[1:], spec.states, strict=True):
+        assert tuple(tensor.shape) == state.shape
+
+
+def test_state_spec_matches_the_step() -> None:
+    for cfg in PRESETS.values():
+        spec = state_spec(cfg)
+        step = E3NetStep(E3Net(cfg))
+        assert [tuple(t.shape) for t in step.initial_state(1)] == [s.shape for s in spec.states]
+        assert spec.input_names[:2] == ["hop", "spk"]
+        assert len(spec.output_names) == len(spec.input_names) - 1
+        names = [s.name for s in spec.states]
+        assert len(set(names)) == len(names)
+
+
+def test_stats_are_computed_from_the_modules() -> None:
+    stats = {n: model_stats(n, c) for n, c in PRESETS.items()}
+    teacher, small, tiny = stats["teacher"], stats["small"], stats["tiny"]
+    # the paper's teacher: ~6.6 M parameters and ~6.6 M MACs per hop
+    assert 6.0e6 < teacher.params < 7.2e6 and 6.0e6 < teacher.macs_per_hop < 7.2e6
+    assert 2.0 <= teacher.macs_per_hop / small.macs_per_hop <= 4.0
+    assert tiny.params <= 0.5e6 and tiny.int8_bytes <= 2**20
+    # a preset's counts change when its sizes change (nothing typed in)
+    wider = model_stats("x", E3NetConfig(n_filters=256, width=128, n_blocks=2, ff_dim=192))
+    assert wider.params > tiny.params and wider.macs_per_hop > tiny.macs_per_hop
+    assert teacher.latency_ms == 20.0
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="two hops"):
+        E3NetConfig(window=400)
+    with pytest.raises(ValueError, match="unknown E3Net config keys"):
+        E3NetConfig.from_dict({"n_filters": 64, "colour": 1})
