@@ -1,0 +1,1 @@
+"""Speaker enrollment: enrollment speech -> speaker embedding (d-vector) -> profile file."""
