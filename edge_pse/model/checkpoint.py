@@ -33,7 +33,7 @@ def save_checkpoint(path: str | Path, model: E3Net, preset: str, extra: dict | N
         "preset": preset,
         "config": model.cfg.to_dict(),
         "state_dict": state,
-        "versions": {"edge_pse": __version__, "torch": torch.__version__},
+        "versions": {"edge_pse": __version__, "torch": str(torch.__version__)},
         "extra": extra or {},
     }
     path = Path(path)
@@ -59,10 +59,18 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     raise EdgePseError(f"checkpoint {name_or_path!r} not found (not a file, not a shipped model in {SHIPPED_DIR})")
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True; TorchVersion (a str subclass early files carry) is allowed too."""
+    from torch.torch_version import TorchVersion
+
+    with torch.serialization.safe_globals([TorchVersion]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_payload(name_or_path: str | Path) -> dict:
     path = resolve_checkpoint(name_or_path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = read_checkpoint(path)
     except Exception as e:  # corrupt, truncated, pickled code: all refused the same way
         raise EdgePseError(f"cannot read checkpoint {path}: {e}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

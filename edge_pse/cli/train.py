@@ -1,0 +1,76 @@
+"""`edge-pse train` and `edge-pse distill`: one loop, two entry points (see edge_pse.train.trainer)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="data root laid out like ../shared/data (speech/, noise/, rir/)")
+    p.add_argument("--out", required=True, help="run directory: last.pt (resumable), best.pt, log.jsonl")
+    p.add_argument("--steps", type=int, default=2000, help="total optimizer steps (a resumed run continues)")
+    p.add_argument("--batch", type=int, default=8, help="examples per step and process")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of each training example")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="teacher", help="model preset (teacher, small, tiny)")
+    add_common(p)
+
+
+def add_distill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (path or shipped name)")
+    p.add_argument("--student", default="tiny", help="student preset (small, tiny)")
+    p.add_argument(
+        "--kd-weight",
+        type=float,
+        default=0.5,
+        help="weight of the teacher-output target vs the clean target; 1.0 needs no clean reference",
+    )
+    add_common(p)
+
+
+def _run(args: argparse.Namespace, preset: str, teacher: str | None, kd_weight: float) -> int:
+    from edge_pse.model.config import get_preset
+    from edge_pse.train.trainer import TrainConfig, run_training
+
+    try:
+        get_preset(preset)
+    except ValueError as e:
+        from edge_pse.errors import EdgePseError
+
+        raise EdgePseError(str(e)) from None
+    cfg = TrainConfig(
+        preset=preset,
+        data=args.data,
+        out=args.out,
+        steps=args.steps,
+        batch=args.batch,
+        seconds=args.seconds,
+        lr=args.lr,
+        warmup=args.warmup,
+        seed=args.seed,
+        teacher=teacher,
+        kd_weight=kd_weight,
+        val_every=args.val_every,
+        threads=args.threads,
+    )
+    trainer = run_training(cfg, resume=not args.no_resume, init=args.init)
+    if trainer.rank == 0:
+        print(f"{preset}: step {trainer.step}, best validation SI-SNRi {trainer.best:+.2f} dB -> {args.out}/best.pt")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return _run(args, args.preset, None, 0.0)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    return _run(args, args.student, args.teacher, args.kd_weight)

@@ -1,0 +1,1 @@
+"""Training data: audio sources with disjoint splits, procedural noise and rooms, on-the-fly mixtures."""

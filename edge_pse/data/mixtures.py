@@ -1,0 +1,251 @@
+"""On-the-fly PSE training examples: (mixture, clean target, enrollment of the same speaker, metadata).
+
+Conditions (DESIGN.md): `noise` (target + noise), `interferer` (target + another talker), `both`, `absent`
+(no target: the model should output silence) and `reverberant` (target in a measured or simulated room, plus
+noise and sometimes a talker). Example i of a split is a pure function of (seed, i): the same seed gives the
+same data on any machine and after a resume.
+
+The enrollment clip comes from other audio of the same speaker: another utterance, or (with one utterance
+per speaker, as in ../shared/data) a segment of the utterance that does not overlap the target segment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import signal
+
+from edge_pse.data.sources import SAMPLE_RATE, Sources, load_sources
+from edge_pse.data.synth import procedural_noise, simulated_rir
+
+CONDITIONS = ("noise", "interferer", "both", "absent", "reverberant")
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    seconds: float = 4.0
+    enroll_seconds: float = 4.0
+    snr_db: tuple[float, float] = (-5.0, 20.0)
+    sir_db: tuple[float, float] = (-5.0, 10.0)
+    level_dbfs: tuple[float, float] = (-35.0, -15.0)
+    # probability of each condition, in CONDITIONS order
+    weights: tuple[float, ...] = (0.25, 0.2, 0.2, 0.1, 0.25)
+    procedural_noise_prob: float = 0.3  # else a recorded noise file
+    simulated_room_prob: float = 0.5  # else a measured RIR (when the split has any)
+    early_ms: float = 50.0  # the reverberant target keeps direct sound + this much of the room
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(CONDITIONS) or min(self.weights) < 0 or sum(self.weights) <= 0:
+            raise ValueError(f"weights must be {len(CONDITIONS)} non-negative numbers, one per condition")
+
+
+@dataclass
+class Example:
+    mixture: np.ndarray  # float32 [T]
+    target: np.ndarray  # float32 [T], zeros when the target is absent
+    enroll: np.ndarray  # float32 enrollment clip of the target speaker
+    embedding: np.ndarray  # float32 [256] d-vector of `enroll`
+    condition: str
+    meta: dict = field(default_factory=dict)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
+
+
+def _window(length: int, n: int, rng: np.random.Generator) -> int:
+    return int(rng.integers(0, length - n + 1)) if length > n else 0
+
+
+def _crop(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random n-sample window; loops a short clip."""
+    if len(x) < n:
+        x = np.tile(x, int(np.ceil(n / max(len(x), 1))) + 1)
+    start = _window(len(x), n, rng)
+    return x[start : start + n]
+
+
+def _reverb(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    return signal.fftconvolve(x, rir)[: len(x)].astype(np.float32)
+
+
+class MixtureDataset:
+    """Examples of one split of a data root; `ds[i]` is deterministic in (seed, i)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        seed: int = 0,
+        cfg: MixtureConfig | None = None,
+        length: int = 1_000_000,
+        conditions: tuple[str, ...] | None = None,
+        max_speakers: int | None = None,
+        cache_dir: str | Path | None = None,
+        sources: Sources | None = None,
+    ) -> None:
+        self.cfg = cfg or MixtureConfig()
+        self.split, self.seed, self.length = split, seed, length
+        self.sources = sources or load_sources(root, split, max_speakers)
+        if conditions is not None:
+            unknown = set(conditions) - set(CONDITIONS)
+            if unknown:
+                raise ValueError(f"unknown conditions {sorted(unknown)}; choose from {CONDITIONS}")
+        self.conditions = conditions
+        self.n = int(self.cfg.seconds * SAMPLE_RATE)
+        self.n_enroll = int(self.cfg.enroll_seconds * SAMPLE_RATE)
+        self._options = self._enroll_options()
+        # speakers with too little audio to enroll still serve as interferers
+        self.targets = [s for s, opts in enumerate(self._options) if opts]
+        if not self.targets:
+            raise ValueError(f"no speaker in the {split} split has {self.cfg.enroll_seconds} s to enroll with")
+        self._embeddings = self._enroll_embeddings(cache_dir)
+
+    def __len__(self) -> int:
+        return self.length
+
+    # enrollment: per speaker, a few fixed clips whose d-vectors are computed once and cached
+    def _enroll_options(self) -> list[list[tuple[int, int]]]:
+        """Per speaker: (utterance index, start sample) of each enrollment clip: the head and tail of each
+        utterance, so that what is left of it (the middle and the other end) serves as target speech."""
+        options = []
+        for spk in self.sources.speakers:
+            opts = []
+            # with one utterance, it must hold an enrollment clip and at least half a target segment
+            need = self.n_enroll + (self.n // 2 if len(spk.utterances) == 1 else 0)
+            for u, utt in enumerate(spk.utterances):
+                if len(utt) >= need:
+                    opts += [(u, 0), (u, len(utt) - self.n_enroll)]
+            options.append(opts)
+        return options
+
+    def _enroll_clip(self, s: int, o: int) -> np.ndarray:
+        u, start = self._options[s][o]
+        return self.sources.speakers[s].utterances[u][start : start + self.n_enroll]
+
+    def _enroll_embeddings(self, cache_dir: str | Path | None) -> list[np.ndarray]:
+        key = hashlib.sha1()
+        for s, spk in enumerate(self.sources.speakers):
+            key.update(spk.id.encode())
+            for o in range(len(self._options[s])):
+                key.update(self._enroll_clip(s, o)[::997].tobytes())
+        cache = Path(cache_dir or Path.home() / ".cache" / "edge-pse") / f"dvectors-{key.hexdigest()[:16]}.npz"
+        if cache.exists():
+            with np.load(cache) as z:
+                flat = z["embeddings"]
+        else:
+            from rich.progress import track
+
+            from edge_pse.enroll.dvector import embed
+
+            pairs = [(s, o) for s in range(len(self._options)) for o in range(len(self._options[s]))]
+            flat = np.stack(
+                [
+                    embed(self._enroll_clip(s, o))
+                    for s, o in track(pairs, description=f"d-vectors ({self.split})", transient=True)
+                ]
+            )
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp.npz")
+            np.savez(tmp, embeddings=flat)
+            tmp.replace(cache)
+        out, i = [], 0
+        for opts in self._options:
+            out.append(flat[i : i + len(opts)])
+            i += len(opts)
+        return out
+
+    def _target_segment(self, s: int, o: int, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """Target speech of speaker s that does not overlap enrollment clip o: (segment, utterance, start)."""
+        spk = self.sources.speakers[s]
+        u_enr, start_enr = self._options[s][o]
+        others = [u for u in range(len(spk.utterances)) if u != u_enr]
+        if others:
+            u = others[int(rng.integers(len(others)))]
+            lo, hi = 0, len(spk.utterances[u])
+        else:  # the part of the utterance on the other side of the enrollment clip
+            u = u_enr
+            lo, hi = (self.n_enroll, len(spk.utterances[u])) if start_enr == 0 else (0, start_enr)
+        start = lo + _window(hi - lo, self.n, rng)
+        seg = spk.utterances[u][start : min(hi, start + self.n)]
+        return np.pad(seg, (0, self.n - len(seg))), u, start
+
+    def _noise(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+        if not self.sources.noises or rng.random() < self.cfg.procedural_noise_prob:
+            return procedural_noise(self.n, rng), "procedural"
+        k = int(rng.integers(len(self.sources.noises)))
+        x = _crop(self.sources.noises[k], self.n, rng)
+        if _rms(x) < 1e-4:  # a silent stretch of a recording: fall back to procedural noise
+            return procedural_noise(self.n, rng), "procedural"
+        return x, f"noise#{k}"
+
+    def _rir(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+        if not self.sources.rirs or rng.random() < self.cfg.simulated_room_prob:
+            return simulated_rir(rng), "simulated"
+        k = int(rng.integers(len(self.sources.rirs)))
+        return self.sources.rirs[k], f"rir#{k}"
+
+    def __getitem__(self, i: int) -> Example:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        cfg = self.cfg
+        rng = np.random.default_rng([self.seed, i])
+        if self.conditions:
+            condition = self.conditions[int(rng.integers(len(self.conditions)))]
+        else:
+            condition = CONDITIONS[int(rng.choice(len(CONDITIONS), p=np.array(cfg.weights) / sum(cfg.weights)))]
+        n_spk = len(self.sources.speakers)
+        s = self.targets[int(rng.integers(len(self.targets)))]
+        o = int(rng.integers(len(self._options[s])))
+        target, utt, start = self._target_segment(s, o, rng)
+        meta: dict = {
+            "speaker": self.sources.speakers[s].id,
+            "target": [utt, start],
+            "enroll": list(self._options[s][o]),
+        }
+        target = target.astype(np.float32)
+        target *= 10 ** (rng.uniform(*cfg.level_dbfs) / 20) / _rms(target)
+        ref = target
+
+        reverberant = condition == "reverberant"
+        with_talker = condition in ("interferer", "both") or (
+            condition in ("absent", "reverberant") and rng.random() < 0.5
+        )
+        with_noise = condition in ("noise", "both", "reverberant") or (condition == "absent" and not with_talker)
+        if reverberant:
+            rir, meta["room"] = self._rir(rng)
+            early = rir[: int(cfg.early_ms * SAMPLE_RATE / 1000)]
+            ref = _reverb(target, early)
+            target = _reverb(target, rir)
+        mixture = np.zeros_like(target) if condition == "absent" else target.copy()
+        if with_talker:
+            s2 = int((s + 1 + rng.integers(n_spk - 1)) % n_spk)  # any other speaker
+            spk2 = self.sources.speakers[s2]
+            talker = _crop(spk2.utterances[int(rng.integers(len(spk2.utterances)))], self.n, rng)
+            if reverberant:
+                talker = _reverb(talker, self._rir(rng)[0])
+            sir = rng.uniform(*cfg.sir_db)
+            mixture += talker * (_rms(target) / _rms(talker) / 10 ** (sir / 20))
+            meta.update(interferer=spk2.id, sir_db=round(float(sir), 2))
+        if with_noise:
+            noise, meta["noise"] = self._noise(rng)
+            snr = rng.uniform(*cfg.snr_db)
+            mixture += noise * (_rms(target) / _rms(noise) / 10 ** (snr / 20))
+            meta["snr_db"] = round(float(snr), 2)
+        if condition == "absent":
+            ref = np.zeros_like(ref)
+        peak = float(np.max(np.abs(mixture)))
+        if peak > 0.95:  # keep the mixture in range; the reference scales with it
+            mixture, ref = mixture * (0.95 / peak), ref * (0.95 / peak)
+        enroll = self._enroll_clip(s, o)
+        return Example(
+            mixture.astype(np.float32),
+            ref.astype(np.float32),
+            enroll,
+            self._embeddings[s][o].astype(np.float32),
+            condition,
+            meta,
+        )

@@ -1,0 +1,250 @@
+"""Training and distillation loop: checkpoint/resume, validation, progress bar, optional DDP via torchrun.
+
+One loop serves `edge-pse train` (clean targets) and `edge-pse distill` (a frozen teacher's output as the
+target, mixed with the clean target by `kd_weight`; with kd_weight=1 no clean reference is needed at all).
+Batches are pure functions of (seed, step, rank), so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from edge_pse.data.mixtures import MixtureConfig, MixtureDataset
+from edge_pse.errors import EdgePseError
+from edge_pse.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
+from edge_pse.model.config import get_preset
+from edge_pse.model.e3net import E3Net
+from edge_pse.train.losses import enhancement_loss, si_snr
+
+
+@dataclass
+class TrainConfig:
+    preset: str
+    data: str
+    out: str
+    steps: int = 1000
+    batch: int = 8
+    seconds: float = 4.0
+    lr: float = 1e-3
+    warmup: int = 100
+    seed: int = 0
+    teacher: str | None = None
+    kd_weight: float = 0.0  # 0: clean targets only; 1: teacher's output only (no clean reference needed)
+    val_every: int = 200
+    val_examples: int = 64
+    save_every: int = 50
+    threads: int = 0  # 0 = torch's default
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise EdgePseError("--kd-weight must be within [0, 1]")
+        if self.kd_weight > 0 and not self.teacher:
+            raise EdgePseError("knowledge distillation needs --teacher")
+        if self.steps <= 0 or self.batch <= 0:
+            raise EdgePseError("--steps and --batch must be positive")
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _batch(ds: MixtureDataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    exs = [ds[i] for i in indices]
+    mix = torch.from_numpy(np.stack([e.mixture for e in exs]))
+    ref = torch.from_numpy(np.stack([e.target for e in exs]))
+    emb = torch.from_numpy(np.stack([e.embedding for e in exs]))
+    return mix, ref, emb
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+class Trainer:
+    def __init__(
+        self, cfg: TrainConfig, train_ds: MixtureDataset | None = None, val_ds: MixtureDataset | None = None
+    ) -> None:
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.rank, self.world = _rank_world()
+        self.out = Path(cfg.out)
+        mcfg = MixtureConfig(seconds=cfg.seconds)
+        self.train_ds = train_ds or MixtureDataset(cfg.data, "train", seed=cfg.seed, cfg=mcfg)
+        self.val_ds = val_ds or MixtureDataset(cfg.data, "val", seed=1234, cfg=mcfg, length=cfg.val_examples)
+        torch.manual_seed(cfg.seed)
+        self.model = E3Net(get_preset(cfg.preset))
+        self.teacher: E3Net | None = None
+        if cfg.teacher:
+            self.teacher, _ = load_model(cfg.teacher)
+            self.teacher.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+        self.step = 0
+        self.best = -math.inf
+        self.history: list[dict] = []
+        self.net: torch.nn.Module = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    # checkpoints -----------------------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def save(self, path: Path | None = None, half: bool = False, with_optimizer: bool = True) -> None:
+        if self.rank != 0:
+            return
+        extra = {"train_config": asdict(self.cfg), "step": self.step, "best_val": self.best, "history": self.history}
+        if with_optimizer:
+            extra["optimizer"] = self.opt.state_dict()
+        save_checkpoint(path or self.last_path, self.model, self.cfg.preset, extra=extra, half=half)
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Continue from `path` (default: the run's last.pt). Returns False when there is nothing to resume."""
+        path = Path(path) if path else self.last_path
+        if not path.exists():
+            return False
+        payload = read_checkpoint(path)
+        if payload.get("format") != FORMAT or payload.get("preset") != self.cfg.preset:
+            raise EdgePseError(f"{path} is not a {self.cfg.preset} edge-pse checkpoint")
+        self.model.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
+        extra = payload.get("extra", {})
+        if "optimizer" in extra:
+            self.opt.load_state_dict(extra["optimizer"])
+        self.step = int(extra.get("step", 0))
+        self.best = float(extra.get("best_val", -math.inf))
+        self.history = list(extra.get("history", []))
+        return True
+
+    # one step ---------------------------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> list[int]:
+        b = self.cfg.batch
+        base = (step * self.world + self.rank) * b
+        return [(base + j) % len(self.train_ds) for j in range(b)]
+
+    def loss_on(self, mix: torch.Tensor, ref: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        hop = self.model.cfg.output_delay
+        out = self.net(mix, emb)
+        loss = torch.zeros(())
+        w = self.cfg.kd_weight
+        if w < 1.0:  # the output lags the input by one hop: compare with the reference one hop earlier
+            loss = loss + (1 - w) * enhancement_loss(out[:, hop:], ref[:, :-hop])
+        if w > 0.0:
+            assert self.teacher is not None
+            with torch.no_grad():
+                t_out = self.teacher(mix, emb)
+            loss = loss + w * enhancement_loss(out, t_out)
+        return loss
+
+    def train_step(self) -> float:
+        self.model.train()
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, self.cfg)
+        mix, ref, emb = _batch(self.train_ds, self.batch_indices(self.step))
+        loss = self.loss_on(mix, ref, emb)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean SI-SNR improvement (dB) on the validation examples that have a target."""
+        self.model.eval()
+        gains = []
+        for i in range(0, len(self.val_ds), 16):
+            mix, ref, emb = _batch(self.val_ds, list(range(i, min(i + 16, len(self.val_ds)))))
+            keep = ref.pow(2).mean(-1) > 1e-10
+            if keep.any():
+                est = self.model.enhance(mix[keep], emb[keep])
+                gains.append(si_snr(est, ref[keep]) - si_snr(mix[keep], ref[keep]))
+        return float(torch.cat(gains).mean())
+
+    # the loop ---------------------------------------------------------------------------------------------
+    def fit(self, show_progress: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = (self.out / "log.jsonl").open("a") if self.rank == 0 else None
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]}"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, disable=not show_progress or self.rank != 0) as bar:
+            task = bar.add_task(f"{self.cfg.preset}", total=self.cfg.steps, completed=self.step, loss=0.0, val="-")
+            losses: list[float] = []
+            t0 = time.time()
+            while self.step < self.cfg.steps:
+                losses.append(self.train_step())
+                bar.update(task, completed=self.step, loss=float(np.mean(losses[-20:])))
+                validate = self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps
+                if validate:
+                    val = self.validate()
+                    rec = {
+                        "step": self.step,
+                        "loss": float(np.mean(losses[-self.cfg.val_every :])),
+                        "val_si_snri_db": round(val, 3),
+                        "seconds": round(time.time() - t0, 1),
+                    }
+                    self.history.append(rec)
+                    bar.update(task, val=f"{val:+.2f} dB")
+                    if log:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                    if val > self.best:
+                        self.best = val
+                        self.save(self.out / "best.pt", with_optimizer=False)
+                if validate or self.step % self.cfg.save_every == 0:
+                    self.save()
+                    if log and not validate:  # a heartbeat for runs without a terminal
+                        log.write(
+                            json.dumps(
+                                {
+                                    "step": self.step,
+                                    "loss": round(float(np.mean(losses[-20:])), 4),
+                                    "seconds": round(time.time() - t0, 1),
+                                }
+                            )
+                            + "\n"
+                        )
+                        log.flush()
+        if log:
+            log.close()
+
+
+def run_training(cfg: TrainConfig, resume: bool = True, show_progress: bool = True, init: str | None = None) -> Trainer:
+    """Entry point for the CLI; joins a torchrun process group when launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    try:
+        trainer = Trainer(cfg)
+        if not (resume and trainer.resume()) and init:
+            model, payload = load_model(init)
+            if payload["preset"] != cfg.preset:
+                raise EdgePseError(f"--init {init} is a {payload['preset']} checkpoint, not {cfg.preset}")
+            trainer.model.load_state_dict(model.state_dict())
+        trainer.fit(show_progress=show_progress)
+        return trainer
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,84 @@
+"""Training: the loss goes down, resume continues exactly, distillation runs, checkpoints load safely."""
+
+import pytest
+import torch
+
+from edge_pse.data.mixtures import MixtureConfig, MixtureDataset
+from edge_pse.errors import EdgePseError
+from edge_pse.model.checkpoint import load_model
+from edge_pse.train.losses import compressed_spectral, enhancement_loss, si_snr
+from edge_pse.train.trainer import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def datasets(synthetic_root, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    mcfg = MixtureConfig(seconds=1.0, enroll_seconds=3.0)
+    train = MixtureDataset(synthetic_root, "train", seed=0, cfg=mcfg, cache_dir=cache)
+    val = MixtureDataset("", "val", seed=1, cfg=mcfg, sources=train.sources, length=8, cache_dir=cache)
+    return train, val
+
+
+def make_trainer(datasets, out, **kw) -> Trainer:
+    torch.set_num_threads(1)
+    cfg = TrainConfig(
+        preset="tiny", data="", out=str(out), batch=4, seconds=1.0, warmup=1, lr=2e-3, val_examples=8, **kw
+    )
+    return Trainer(cfg, train_ds=datasets[0], val_ds=datasets[1])
+
+
+def test_losses_on_known_signals() -> None:
+    torch.manual_seed(0)
+    ref = torch.randn(2, 8000)
+    assert (si_snr(3.0 * ref, ref) > 60).all()
+    assert (si_snr(torch.randn(2, 8000), ref) < 0).all()
+    assert compressed_spectral(ref, ref).abs().max() < 1e-6
+    # a silent reference (target absent): quieter output is better
+    silent = torch.zeros(1, 8000)
+    assert enhancement_loss(0.01 * ref[:1], silent) < enhancement_loss(0.5 * ref[:1], silent)
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(datasets, tmp_path) -> None:
+    trainer = make_trainer(datasets, tmp_path, steps=100)
+    trainer.batch_indices = lambda step: [0, 1, 2, 3]  # overfit one batch
+    first = trainer.train_step()
+    for _ in range(25):
+        last = trainer.train_step()
+    assert last < first - 0.05, (first, last)
+
+
+def test_resume_gives_the_same_next_step(datasets, tmp_path) -> None:
+    a = make_trainer(datasets, tmp_path / "a", steps=10)
+    for _ in range(3):
+        a.train_step()
+    a.save()
+    next_a = a.train_step()
+    b = make_trainer(datasets, tmp_path / "b", steps=10)
+    assert b.resume(tmp_path / "a" / "last.pt") and b.step == 3
+    next_b = b.train_step()
+    assert next_b == pytest.approx(next_a, rel=1e-5)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_fit_writes_checkpoints_and_distillation_uses_the_teacher(datasets, tmp_path) -> None:
+    teacher = make_trainer(datasets, tmp_path / "t", steps=2, val_every=2)
+    teacher.fit(show_progress=False)
+    _, payload = load_model(tmp_path / "t" / "best.pt")
+    assert payload["preset"] == "tiny" and payload["extra"]["step"] == 2
+    student = make_trainer(
+        datasets, tmp_path / "s", steps=2, val_every=2, teacher=str(tmp_path / "t" / "last.pt"), kd_weight=1.0
+    )
+    student.fit(show_progress=False)
+    assert student.teacher is not None and (tmp_path / "s" / "last.pt").exists()
+    with pytest.raises(EdgePseError, match="needs --teacher"):
+        TrainConfig(preset="tiny", data="", out="x", kd_weight=0.5)
+
+
+def test_checkpoints_never_unpickle_code(tmp_path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "edge-pse-checkpoint", "x": object()}, evil)  # object() needs a full unpickler
+    with pytest.raises(EdgePseError, match="cannot read checkpoint"):
+        load_model(evil)
+    with pytest.raises(EdgePseError, match="not found"):
+        load_model(tmp_path / "missing.pt")
