@@ -44,7 +44,7 @@ def synthetic_root(tmp_path_factory) -> Path:
     """A small data root in the ../shared/data layout, made of synthetic voices and noise (no real audio)."""
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
-    for k in range(24):
+    for k in range(40):
         d = root / "speech" / "synth" / f"spk{k:02d}"
         d.mkdir(parents=True)
         sf.write(d / f"spk{k:02d}-0.flac", _voice(rng, 10.0, rng.uniform(90, 250)), 16_000)

@@ -127,7 +127,9 @@ class MixtureDataset:
         return self.sources.speakers[s].utterances[u][start : start + self.n_enroll]
 
     def _enroll_embeddings(self, cache_dir: str | Path | None) -> list[np.ndarray]:
-        key = hashlib.sha1()
+        from edge_pse.enroll.dvector import EMBED_RECIPE
+
+        key = hashlib.sha1(EMBED_RECIPE.encode())  # a new embedding recipe must not reuse old vectors
         for s, spk in enumerate(self.sources.speakers):
             key.update(spk.id.encode())
             for o in range(len(self._options[s])):

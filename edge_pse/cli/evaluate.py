@@ -1,0 +1,68 @@
+"""`edge-pse evaluate`: metrics per condition for a checkpoint on a held-out set built from a data root."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="tiny", help="checkpoint path or shipped model name (tiny, small, teacher)")
+    p.add_argument("--data", required=True, help="data root laid out like ../shared/data")
+    p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split (default: test)")
+    p.add_argument("--per-condition", type=int, default=20, help="utterances per condition")
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--no-asr", action="store_true", help="skip WER (Whisper transcripts are the slow part)")
+    p.add_argument("--fast", action="store_true", help="SI-SDR, TSOS and target-absent level only")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object keyed by condition")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from edge_pse.errors import EdgePseError
+    from edge_pse.eval.evaluate import EvalSet, score, torch_enhancer
+    from edge_pse.model.checkpoint import load_model
+
+    if args.per_condition <= 0:
+        raise EdgePseError("--per-condition must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, payload = load_model(args.checkpoint)
+    evalset = EvalSet.build(args.data, split=args.split, per_condition=args.per_condition, seconds=args.seconds)
+    result = score(
+        torch_enhancer(model),
+        evalset,
+        asr=not (args.no_asr or args.fast),
+        intrusive_extras=not args.fast,
+        progress=sys.stderr.isatty(),
+    )
+    result["meta"] = {
+        "checkpoint": str(args.checkpoint),
+        "preset": payload["preset"],
+        "split": args.split,
+        "per_condition": args.per_condition,
+        "seconds": args.seconds,
+        "wer_reference": "Whisper tiny.en transcript of the clean target (pseudo-label)",
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = ["count", "si_sdri", "si_sdr", "pesq", "stoi", "pdnsmos_ovrl", "wer", "wer_in", "tsos", "absent_level_db"]
+    table = Table(title=f"{args.checkpoint} ({payload['preset']}) on the {args.split} split")
+    table.add_column("condition")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for cond, r in result.items():
+        if cond == "meta":
+            continue
+        table.add_row(
+            cond, *("-" if r.get(c) is None else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    return 0

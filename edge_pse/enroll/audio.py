@@ -1,0 +1,47 @@
+"""Enrollment audio: any soundfile-readable file (WAV, FLAC, OGG) -> checked 16 kHz mono float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_pse.enroll.preprocess import speech_seconds
+from edge_pse.errors import EdgePseError
+
+SAMPLE_RATE = 16_000
+MIN_SPEECH_SECONDS = 1.0
+
+
+def read_audio(path: str | Path) -> np.ndarray:
+    """Decode, down-mix (channel mean) and resample (soxr HQ) to 16 kHz mono; refuse empty or non-finite audio."""
+    import soundfile as sf
+    import soxr
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgePseError(f"audio file not found: {path}")
+    try:
+        wave, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as e:
+        raise EdgePseError(f"cannot read {path} as audio (WAV, FLAC or OGG expected): {e}") from e
+    if wave.size == 0:
+        raise EdgePseError(f"{path} contains no audio samples")
+    if not np.isfinite(wave).all():
+        raise EdgePseError(f"{path} contains NaN or Inf samples")
+    mono = wave.mean(axis=1, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return mono
+
+
+def read_enrollment(path: str | Path, min_speech: float = MIN_SPEECH_SECONDS) -> tuple[np.ndarray, float]:
+    """(16 kHz mono wave, seconds of speech) of one enrollment clip; too little speech is an error."""
+    wave = read_audio(path)
+    speech = speech_seconds(wave)
+    if speech < min_speech:
+        raise EdgePseError(
+            f"{path} has {speech:.1f} s of speech ({wave.size / SAMPLE_RATE:.1f} s of audio); "
+            f"enrollment needs at least {min_speech:.1f} s of the speaker talking"
+        )
+    return wave, speech

@@ -1,0 +1,1 @@
+"""Evaluation: metrics shared by `edge-pse evaluate` and the benchmark harness."""
