@@ -13,6 +13,13 @@ from edge_pse.errors import EdgePseError
 # subcommand name -> module under edge_pse.cli that defines `add_arguments(parser)` and `run(args) -> int`
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("edge_pse.cli.models", "print the E3Net presets: parameters, MACs per hop, weight bytes, latency"),
+    "enroll": ("edge_pse.cli.enroll", "turn enrollment speech into a speaker profile (.spk)"),
+    "train": ("edge_pse.cli.train", "train an E3Net (e.g. the teacher) on mixtures made on the fly"),
+    "distill": ("edge_pse.cli.distill", "distil a student from a teacher (knowledge distillation)"),
+    "evaluate": ("edge_pse.cli.evaluate", "metrics per condition for a checkpoint on a held-out set"),
+    "run": ("edge_pse.cli.run", "enhance a file or the live microphone with a bundle and a speaker profile"),
+    "devices": ("edge_pse.cli.devices", "list audio devices, their sample rates, and the device profiles"),
+    "export": ("edge_pse.cli.export", "quantize (int8 PTQ/QAT) and export a model to .pte/.tflite/.onnx bundles"),
 }
 
 

@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-condition", type=int, default=20, help="utterances per condition")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--no-asr", action="store_true", help="skip WER (Whisper transcripts are the slow part)")
+    p.add_argument("--no-dnsmos", action="store_true", help="skip personalized DNSMOS (~4 s per clip)")
     p.add_argument("--fast", action="store_true", help="SI-SDR, TSOS and target-absent level only")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by condition")
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         evalset,
         asr=not (args.no_asr or args.fast),
         intrusive_extras=not args.fast,
+        dnsmos=not (args.no_dnsmos or args.fast),
         progress=sys.stderr.isatty(),
     )
     result["meta"] = {

@@ -63,6 +63,7 @@ def score(
     evalset: EvalSet,
     asr: bool = True,
     intrusive_extras: bool = True,
+    dnsmos: bool = True,
     progress: bool = True,
 ) -> dict[str, dict]:
     """Per-condition means. `enhance(mixture, embedding) -> output` must be time-aligned and equally long."""
@@ -91,6 +92,7 @@ def score(
                 r.setdefault("pesq_in", []).append(m.pesq_wb(ex.mixture, ex.target))
                 r.setdefault("stoi", []).append(m.stoi(out, ex.target))
                 r.setdefault("stoi_in", []).append(m.stoi(ex.mixture, ex.target))
+            if dnsmos:
                 mos = m.pdnsmos(out)
                 r.setdefault("pdnsmos_ovrl", []).append(mos.ovrl)
                 r.setdefault("pdnsmos_sig", []).append(mos.sig)

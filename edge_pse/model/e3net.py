@@ -83,6 +83,39 @@ class E3Net(nn.Module):
         self.mask = nn.Linear(w, n)
         # decoder (no bias: a bias would be added once per sample after overlap-add, not per frame)
         self.decoder = nn.ConvTranspose1d(n, 1, kernel_size=cfg.window, stride=cfg.hop, bias=False)
+        self.init_filterbank()
+
+    @torch.no_grad()
+    def init_filterbank(self) -> None:
+        """Start the learnable encoder/decoder as a windowed Fourier basis that reconstructs its input.
+
+        Random filters must first learn to reconstruct audio before masking can help, which costs thousands
+        of steps on a CPU. Here the first min(N, window) encoder filters are sqrt-Hann windowed DFT basis
+        vectors (lowest frequencies first), the decoder holds the same vectors (overlap-add of the squared
+        window is 1), and the encoder's PReLU starts linear, so the untrained model already outputs its
+        input (scaled by the near-uniform initial mask). With N < window (tiny) the basis covers the lowest N/2 bins
+        (0-6.4 kHz for N=256). Filters beyond the basis keep their random init and a zero decoder row.
+        """
+        win, n = self.cfg.window, self.cfg.n_filters
+        t = torch.arange(win, dtype=torch.float64)
+        sqrt_hann = torch.sin(torch.pi * t / win)  # sqrt of the periodic Hann window: its squares sum to 1 at hop
+        basis = []
+        for k in range(win // 2 + 1):
+            c = torch.cos(2 * torch.pi * k * t / win)
+            basis.append(c / c.norm())
+            if 0 < k < win // 2:
+                s_ = torch.sin(2 * torch.pi * k * t / win)
+                basis.append(s_ / s_.norm())
+        m = min(n, win)
+        b = torch.stack(basis[:m]) * sqrt_hann  # [m, win]
+        self.encoder.weight[:m, 0] = b.float()
+        self.encoder.bias.zero_()
+        self.decoder.weight.zero_()
+        self.decoder.weight[:m, 0] = b.float()
+        self.enc_act.weight.fill_(1.0)
+        # a near-uniform initial mask, so the untrained model is close to a scaled identity
+        self.mask.weight.mul_(0.1)
+        self.mask.bias.zero_()
 
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         """[B,T] -> [B,F,N] features; frame f sees input samples [f*hop - hop, f*hop + hop)."""

@@ -1,0 +1,220 @@
+"""`edge-pse run`: enhance a file, or the microphone live, with a bundle and a speaker profile.
+
+Torch-free unless `--backend torch` is chosen. With no arguments it runs the built-in demo (the shipped
+tiny int8 bundle, the demo speaker and mixture) and prints the stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "tiny-int8"
+LIVE_IN, LIVE_OUT = "mic", "speaker"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="host", help="device profile: rpi4, rpi5, rpi (detect), arm64, host (default)")
+    p.add_argument("--profiles", action="append", default=[], metavar="FILE", help="extra device profiles (TOML)")
+    p.add_argument(
+        "--model", type=Path, default=None, help=f"bundle folder (default: the shipped {DEFAULT_BUNDLE.name})"
+    )
+    p.add_argument(
+        "--speaker", type=Path, default=None, help="speaker profile .spk from `edge-pse enroll` (default: demo)"
+    )
+    p.add_argument("--input", default=None, help=f"audio file, or '{LIVE_IN}[:DEVICE]' (default: the demo mixture)")
+    p.add_argument("--output", default=None, help=f"wav/flac file, or '{LIVE_OUT}[:DEVICE]' (default: ./enhanced.wav)")
+    p.add_argument("--backend", choices=("litert", "executorch", "onnx", "torch"), help="override the profile's order")
+    p.add_argument("--threads", type=int, default=None, help="backend threads (default: the profile's)")
+    p.add_argument("--stats", type=Path, default=None, metavar="JSON", help="write the run's stats as JSON")
+    p.add_argument("--duration", type=float, default=None, help="live: stop after this many seconds (default: Ctrl-C)")
+    p.add_argument("--rate", type=int, default=None, help="live: device sample rate (default: 16000 if possible)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or live display")
+
+
+def _live_device(spec: str, word: str) -> int | str | bool | None:
+    """'mic' -> default device (None), 'mic:3' -> 3, 'mic:USB' -> 'USB'; False when spec is a file."""
+    if spec != word and not spec.startswith(word + ":"):
+        return False
+    dev = spec[len(word) + 1 :]
+    if not dev:
+        return None
+    return int(dev) if dev.isdigit() else dev
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_pse import demo
+    from edge_pse.errors import EdgePseError
+    from edge_pse.runtime import audio_io, devices
+    from edge_pse.runtime.session import open_session
+
+    if args.threads is not None and args.threads < 1:
+        raise EdgePseError("--threads must be >= 1")
+    if args.duration is not None and args.duration <= 0:
+        raise EdgePseError("--duration must be positive")
+    profile = devices.resolve(args.device, args.profiles)
+    input_spec = args.input or str(demo.path(demo.MIXTURE))
+    output_spec = args.output or "enhanced.wav"
+    mic = _live_device(input_spec, LIVE_IN)
+    spk = _live_device(output_spec, LIVE_OUT)
+    live = mic is not False or spk is not False
+    if live and (mic is False or spk is False):
+        raise EdgePseError(f"live mode runs '--input {LIVE_IN} --output {LIVE_OUT}' together (files go file to file)")
+    if not live:
+        out_path = audio_io.check_output_path(output_spec)
+        if Path(input_spec).resolve() == out_path.resolve():
+            raise EdgePseError("--output must differ from --input")
+    if args.stats is not None:
+        audio_io.check_parent(args.stats)
+
+    session = open_session(
+        args.model or DEFAULT_BUNDLE,
+        args.speaker or demo.path(demo.SPEAKER),
+        profile,
+        backend=args.backend,
+        threads=args.threads,
+        default_bundle=args.model is None,
+    )
+    if live:
+        stats = _run_live(session, args, mic, spk)
+    else:
+        stats = _run_file(session, args, input_spec, out_path)
+    stats = {"device_profile": profile.name, **session.describe(), **stats}
+    if args.stats is not None:
+        audio_io.write_text(args.stats, json.dumps(stats, indent=2) + "\n")
+    _print_summary(stats)
+    return 0
+
+
+def _run_file(session, args, input_spec: str, out_path: Path) -> dict:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from edge_pse.runtime import audio_io
+    from edge_pse.runtime.runner import run_array
+
+    clip = audio_io.read_clip(input_spec, session.sample_rate)
+    hops = -(-len(clip.pcm) // session.hop) + 1
+    show = not args.quiet and sys.stderr.isatty()
+    with Progress(
+        TextColumn("[bold]enhancing[/] {task.fields[name]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} hops"),
+        TimeRemainingColumn(),
+        disable=not show,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("run", total=hops, name=Path(input_spec).name)
+
+        def tick(stats) -> None:
+            progress.update(task, completed=stats.hops)
+
+        pcm, stats = run_array(
+            session.backend,
+            clip.pcm,
+            hop=session.hop,
+            sample_rate=session.sample_rate,
+            deadline_ns=int(session.profile.deadline_ms * 1e6),
+            tick=tick if show else None,
+        )
+        progress.update(task, completed=hops)
+    # the output has the input's rate and exactly its number of frames (mono: the model hears one channel)
+    pcm = audio_io.to_source_rate(pcm, clip)
+    audio_io.write_clip(out_path, pcm, clip.source_rate)
+    stats.update(
+        {
+            "mode": "file",
+            "input": str(input_spec),
+            "output": str(out_path),
+            "input_rate": clip.source_rate,
+            "input_channels": clip.source_channels,
+            "input_frames": clip.source_frames,
+            "output_frames": len(pcm),
+            "input_clipped": clip.input_clipped,
+            "input_silent": clip.silent,
+        }
+    )
+    return stats
+
+
+def _run_live(session, args, mic, spk) -> dict:
+    import contextlib
+
+    from rich.live import Live
+
+    from edge_pse.runtime.live import run_live
+
+    show = not args.quiet and sys.stderr.isatty()
+    view = Live(_live_table(None, session), refresh_per_second=4, console=_console()) if show else None
+    with view if view is not None else contextlib.nullcontext():
+        return run_live(
+            session.backend,
+            session.profile,
+            hop=session.hop,
+            sample_rate=session.sample_rate,
+            duration_s=args.duration,
+            tick=(lambda stats: view.update(_live_table(stats, session))) if view is not None else None,
+            input_device=mic,
+            output_device=spk,
+            device_rate=args.rate,
+        )
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _live_table(stats, session):
+    from rich.table import Table
+
+    t = Table(title=f"edge-pse live: {session.backend.name}, profile {session.profile.name}")
+    for col in ("hops", "p50 us", "p99 us", "max us", "misses", "passed through"):
+        t.add_column(col, justify="right")
+    if stats is None or stats.hops == 0:
+        t.add_row("0", "-", "-", "-", "0", "0")
+        return t
+    s = stats.summary()["per_hop_us"]
+    t.add_row(
+        str(stats.hops),
+        f"{s['p50']:.0f}",
+        f"{s['p99']:.0f}",
+        f"{s['max']:.0f}",
+        str(stats.misses),
+        str(stats.passed_through),
+    )
+    return t
+
+
+def _print_summary(stats: dict) -> None:
+    """The stats people read; the JSON (--stats) has everything."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"edge-pse run: {stats.get('backend')} ({stats.get('quantization')}), profile {stats['device_profile']}"
+    )
+    t.add_column("", justify="left")
+    t.add_column("per hop", justify="right")
+    for key, label in (("per_hop_us", "total"), ("model_us", "model call"), ("overhead_us", "outside the model")):
+        v = stats[key]
+        if v["p50"] is not None:
+            t.add_row(label, f"p50 {v['p50']:.1f} us  p95 {v['p95']:.1f}  p99 {v['p99']:.1f}  max {v['max']:.1f}")
+    t.add_row("real-time factor", f"{stats['rtf']:.4f}")
+    t.add_row(
+        "deadline misses", f"{stats['deadline_misses']} of {stats['hops']} (budget {stats['deadline_us']:.0f} us)"
+    )
+    if "outside_model_us_per_hop" in stats:
+        t.add_row("loop cost outside the model", f"{stats['outside_model_us_per_hop']:.1f} us/hop")
+    if "lost_hops" in stats:
+        t.add_row("lost hops", str(stats["lost_hops"]))
+    t.add_row("clipped output samples", str(stats.get("output_clipped")))
+    if stats.get("output"):
+        t.add_row("output", f"{stats['output']} ({stats['output_frames']} frames, as the input)")
+    Console(width=None if sys.stdout.isatty() else 120).print(t)
+    if stats.get("input_silent"):
+        print("note: the input is digital silence; the output is the model's response to silence", file=sys.stderr)
+    if stats.get("input_clipped"):
+        print(f"note: {stats['input_clipped']} input samples are at full scale (clipped input)", file=sys.stderr)

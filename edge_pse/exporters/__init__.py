@@ -1,0 +1,1 @@
+"""Exporters of the streaming step to ExecuTorch (.pte), LiteRT (.tflite) and ONNX, plus the shared stages."""

@@ -1,0 +1,79 @@
+"""The accuracy check shared by every format: run a file in its own runtime hop by hop over the held-out clips,
+compare with the PyTorch float step (SNR vs float, SI-SDRi and its drop), time it, and apply the gate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edge_pse.eval.metrics import si_sdr
+from edge_pse.quant.calibration import Clip
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The gate. fp32 files must be numerically the float step (they measure ~127 dB). int8 defaults come from
+    tiny/small measurements (docs/bundle.md): PTQ measured 27-29 dB (.pte, .tflite) and 18-20 dB (ONNX QDQ) SNR
+    vs float, SI-SDRi moved by up to 0.75 dB; a broken calibration lands far below (a few dB)."""
+
+    int8_min_snr_db: float = 15.0
+    int8_max_drop_db: float = 1.5
+    fp32_min_snr_db: float = 60.0
+    fp32_max_drop_db: float = 0.05
+
+    def limits(self, quantization: str) -> tuple[float, float]:
+        if quantization == "fp32":
+            return self.fp32_min_snr_db, self.fp32_max_drop_db
+        return self.int8_min_snr_db, self.int8_max_drop_db
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    err = float(np.sum((reference - estimate) ** 2))
+    return float(10 * np.log10(float(np.sum(reference**2)) / max(err, 1e-20)))
+
+
+def si_sdri(outputs: list[np.ndarray], clips: list[Clip], hop: int) -> float:
+    """Mean SI-SDR improvement over the mixture; the output stream lags its input by one hop."""
+    gains = []
+    for y, c in zip(outputs, clips, strict=True):
+        n = c.mixture.size - hop
+        gains.append(si_sdr(y[hop : hop + n], c.target[:n]) - si_sdr(c.mixture[:n], c.target[:n]))
+    return float(np.mean(gains))
+
+
+def run_backend(backend, clips: list[Clip], hop: int) -> list[np.ndarray]:
+    """Each clip from zero state, hop by hop, exactly as the device loop runs it."""
+    outs = []
+    for c in clips:
+        backend.reset()
+        backend.set_speaker(c.spk)
+        n = c.mixture.size // hop
+        y = np.empty(n * hop, np.float32)
+        for t in range(n):
+            y[t * hop : (t + 1) * hop] = backend.process(c.mixture[t * hop : (t + 1) * hop])
+        outs.append(y)
+    return outs
+
+
+def latency_us(backend, clip: Clip, hop: int, hops: int = 400, warmup: int = 40) -> tuple[float, float]:
+    """Median and p99 of one `process` call (1 hop), in microseconds."""
+    backend.reset()
+    backend.set_speaker(clip.spk)
+    n = clip.mixture.size // hop
+    times = np.empty(hops)
+    for t in range(warmup + hops):
+        x = clip.mixture[(t % n) * hop : (t % n + 1) * hop]
+        t0 = time.perf_counter_ns()
+        backend.process(x)
+        if t >= warmup:
+            times[t - warmup] = (time.perf_counter_ns() - t0) / 1e3
+    return float(np.median(times)), float(np.percentile(times, 99))
+
+
+def trim(outputs: list[np.ndarray], clips: list[Clip], hop: int) -> list[np.ndarray]:
+    return [y[: (c.mixture.size // hop) * hop] for y, c in zip(outputs, clips, strict=True)]

@@ -1,0 +1,82 @@
+"""ONNX fp32 (torch.onnx) and onnxruntime static int8 in QDQ form, calibrated on streaming states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_pse.exporters.common import Exported, float_file_io
+from edge_pse.quant.calibration import Clip
+from edge_pse.quant.ptq import streaming_inputs
+
+FILENAME = "model.onnx"
+OPSET = 17
+
+
+def export_float(step: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    torch.onnx.export(
+        step,
+        example,
+        str(path),
+        input_names=step.io.input_names,
+        output_names=step.io.output_names,
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
+class _StreamingReader:
+    """onnxruntime's CalibrationDataReader over the float step's real per-hop inputs and states (batch 1)."""
+
+    def __init__(self, step: nn.Module, clips: list[Clip], max_hops: int | None) -> None:
+        names = step.io.input_names
+        self._items = []
+        for inputs in streaming_inputs(step, clips, max_hops):
+            for b in range(inputs[0].shape[0]):
+                self._items.append(
+                    {n: x[b : b + 1].numpy().astype(np.float32) for n, x in zip(names, inputs, strict=True)}
+                )
+        self._it = iter(self._items)
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._items)
+
+
+def export(
+    step: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    out_dir: Path,
+    quantization: str,
+    clips: list[Clip] | None = None,
+    max_hops: int | None = None,
+) -> Exported:
+    """fp32: the step as is. int8-*: QDQ static quantization of that graph (per-channel weights)."""
+    path = out_dir / FILENAME
+    if quantization == "fp32":
+        export_float(step, example, path)
+    else:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        float_path = out_dir / "float.onnx.tmp"
+        export_float(step, example, float_path)
+        try:
+            quantize_static(
+                str(float_path),
+                str(path),
+                _StreamingReader(step, clips or [], max_hops),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+        finally:
+            float_path.unlink(missing_ok=True)
+    return Exported(path, "onnx", quantization, float_file_io(step), {})

@@ -1,0 +1,301 @@
+"""checkpoint -> (calibrate / fine-tune) -> export each format -> verify each file in its own runtime -> gate
+-> bundle. The bundle is built in a temporary folder next to the output and renamed into place only when every
+file passed the gate, so a failed export leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_pse.bundle import SCHEMA, SCHEMA_VERSION, Bundle, FileEntry, sha256_file
+from edge_pse.errors import EdgePseError
+from edge_pse.exporters import accuracy
+from edge_pse.exporters.accuracy import Tolerance
+from edge_pse.exporters.common import Exported
+from edge_pse.model.config import state_spec
+from edge_pse.model.step import E3NetStep, run_step
+from edge_pse.quant.calibration import CalibrationSet
+
+FORMATS = ("pte", "tflite", "onnx")
+MODES = {"fp32": "fp32", "ptq": "int8-ptq", "qat": "int8-qat"}
+TOOLCHAIN = ("edge-pse", "torch", "torchao", "executorch", "litert-torch", "ai-edge-litert", "onnx", "onnxruntime")
+WEIGHTS = "weights.pt"
+
+
+@dataclass
+class ExportOptions:
+    mode: str = "ptq"
+    formats: tuple[str, ...] = FORMATS
+    max_calibration_hops: int | None = None
+    qat_steps: int = 40
+    qat_batch: int = 32
+    latency_hops: int = 400
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    seed: int = 0
+
+
+@dataclass
+class FileResult:
+    exported: Exported
+    bytes: int = 0
+    snr_db: float = 0.0
+    si_sdri_db: float = 0.0
+    si_sdri_drop_db: float = 0.0
+    latency_median_us: float = 0.0
+    latency_p99_us: float = 0.0
+    passed: bool = False
+
+
+def toolchain_versions() -> dict[str, str]:
+    out = {}
+    for pkg in TOOLCHAIN:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _speaker_info() -> dict:
+    try:
+        from edge_pse.enroll.dvector import ENCODER_NAME, encoder_version
+
+        return {"dim": 256, "encoder": ENCODER_NAME, "encoder_version": encoder_version()}
+    except ImportError:
+        return {"dim": 256, "encoder": "resemblyzer", "encoder_version": "unknown"}
+
+
+# ------------------------------------------------------------------------------------------------- stages
+def quantized_module(step: E3NetStep, fmt: str, opts: ExportOptions, calib: CalibrationSet, qat_cache: dict):
+    """The module to lower for `fmt` and the quantizer that made it.
+
+    fp32: the float step. ptq: a PT2E graph calibrated with the format's own quantizer (ONNX: the float step,
+    which onnxruntime quantizes itself). qat: one batched QAT run per export with XNNPACK's scheme gives the
+    .pte graph and fine-tuned float weights; .tflite and .onnx calibrate those weights with their own quantizer
+    (one QAT run instead of three: on 2 shared cores each run takes many minutes).
+    """
+    from edge_pse.exporters import pte, tflite
+    from edge_pse.quant.ptq import quantize_ptq
+
+    if opts.mode == "fp32":
+        return step, None
+    if opts.mode == "qat":
+        converted, step = qat_run(step, opts, calib, qat_cache)
+        if fmt == "pte":
+            return converted, None
+    if fmt == "onnx":
+        return step, None
+    quantizer = (pte if fmt == "pte" else tflite).quantizer()
+    fold = fmt == "pte"  # ExecuTorch wants int8 weight constants; litert-torch wants the Q/DQ pairs
+    return quantize_ptq(step, quantizer, calib.calibration, opts.max_calibration_hops, fold), quantizer
+
+
+def qat_run(step: E3NetStep, opts: ExportOptions, calib: CalibrationSet, qat_cache: dict):
+    """(converted XNNPACK int8 graph, float step with the fine-tuned weights), computed once per export."""
+    if "qat" not in qat_cache:
+        from edge_pse.exporters import pte
+        from edge_pse.quant.qat import quantize_qat
+
+        qat_cache["qat"] = quantize_qat(
+            step, pte.quantizer(qat=True), calib.calibration, opts.qat_steps, opts.qat_batch, opts.seed
+        )
+    return qat_cache["qat"]
+
+
+def export_format(
+    step, fmt: str, opts: ExportOptions, calib: CalibrationSet, out_dir: Path, qat_cache: dict
+) -> Exported:
+    from edge_pse.exporters import onnx, pte, tflite
+    from edge_pse.quant.ptq import example_inputs
+
+    quantization = MODES[opts.mode]
+    module, quantizer = quantized_module(step, fmt, opts, calib, qat_cache)
+    example = example_inputs(step)
+    if fmt == "pte":
+        return pte.export(module, example, out_dir, quantization, step)
+    if fmt == "tflite":
+        return tflite.export(module, example, out_dir, quantization, step, quant=quantizer)
+    return onnx.export(module, example, out_dir, quantization, calib.calibration, opts.max_calibration_hops)
+
+
+def float_reference(step: E3NetStep, calib: CalibrationSet) -> list[np.ndarray]:
+    """The PyTorch float step's output on each held-out clip (the yardstick for every file)."""
+    hop = step.cfg.hop
+    outs = []
+    for c in calib.heldout:
+        n = c.mixture.size // hop * hop
+        wave = torch.from_numpy(c.mixture[:n]).unsqueeze(0)
+        outs.append(run_step(step, wave, torch.from_numpy(c.spk).unsqueeze(0))[0].numpy())
+    return outs
+
+
+def verify(
+    bundle: Bundle,
+    entry: FileEntry,
+    result: FileResult,
+    ref: list[np.ndarray],
+    ref_sdri: float,
+    calib: CalibrationSet,
+    opts: ExportOptions,
+) -> None:
+    """Load the file in its own runtime (through the same backend the device uses) and measure it."""
+    import importlib
+
+    from edge_pse.runtime.backends import BACKENDS, FORMAT_BACKEND
+
+    module, cls, _ = BACKENDS[FORMAT_BACKEND[entry.format]]
+    backend = getattr(importlib.import_module(module), cls)(bundle, entry, 1)
+    hop = bundle.manifest["hop"]
+    outs = accuracy.run_backend(backend, calib.heldout, hop)
+    result.snr_db = accuracy.snr_db(np.concatenate(ref), np.concatenate(outs))
+    result.si_sdri_db = accuracy.si_sdri(outs, calib.heldout, hop)
+    result.si_sdri_drop_db = ref_sdri - result.si_sdri_db
+    result.latency_median_us, result.latency_p99_us = accuracy.latency_us(
+        backend, calib.heldout[0], hop, hops=opts.latency_hops
+    )
+    min_snr, max_drop = opts.tolerance.limits(entry.quantization)
+    result.passed = result.snr_db >= min_snr and result.si_sdri_drop_db <= max_drop
+
+
+def manifest(
+    preset: str,
+    step: E3NetStep,
+    files: list[FileEntry],
+    results: dict[str, FileResult],
+    ref_sdri: float,
+    calib: CalibrationSet,
+    opts: ExportOptions,
+    weights: Path,
+    source: str,
+) -> dict:
+    cfg = step.cfg
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "preset": preset,
+        "config": cfg.to_dict(),
+        "sample_rate": cfg.sample_rate,
+        "hop": cfg.hop,
+        "speaker": _speaker_info(),
+        "io": state_spec(cfg).to_dict(),
+        "files": [f.to_dict() for f in files],
+        "reference": {"path": WEIGHTS, "sha256": sha256_file(weights), "bytes": weights.stat().st_size},
+        "toolchain": toolchain_versions(),
+        "accuracy": {
+            "float": {"si_sdri_db": round(ref_sdri, 3)},
+            **{
+                r.exported.path.name: {
+                    "snr_db": round(r.snr_db, 2),
+                    "si_sdri_db": round(r.si_sdri_db, 3),
+                    "si_sdri_drop_db": round(r.si_sdri_drop_db, 3),
+                    "latency_median_us": round(r.latency_median_us, 1),
+                    "latency_p99_us": round(r.latency_p99_us, 1),
+                    "ops_outside_delegate": r.exported.ops_outside,
+                    "passed": r.passed,
+                }
+                for r in results.values()
+            },
+            "heldout": calib.describe(),
+        },
+        "tolerance": opts.tolerance.to_dict(),
+        "source": {
+            "checkpoint": _shown_path(source),
+            # lets a test check that a committed bundle was made from the committed checkpoint
+            "checkpoint_sha256": sha256_file(source) if Path(source).is_file() else None,
+            "mode": opts.mode,
+            "calibration": calib.source,
+        },
+    }
+
+
+def _shown_path(source: str) -> str:
+    """Repo-relative for the project's own checkpoints, the bare file name otherwise (no user paths leak)."""
+    p = Path(source).resolve()
+    repo = Path(__file__).resolve().parents[2]
+    return str(p.relative_to(repo)) if p.is_relative_to(repo) else p.name
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Replace `out` by the finished bundle `tmp` (same filesystem, so renames are atomic)."""
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export_bundle(
+    model, preset: str, source: str, calib: CalibrationSet, out: Path, opts: ExportOptions, log=print
+) -> tuple[Path, dict[str, FileResult], float]:
+    """Build, verify and gate a bundle; returns (bundle path, per-file results, float SI-SDRi)."""
+    from edge_pse.exporters.report import write_report
+
+    torch.manual_seed(opts.seed)
+    step = E3NetStep(model).eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        weights = tmp / WEIGHTS
+        torch.save({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, weights)
+        qat_cache: dict = {}
+        exported = []
+        for fmt in opts.formats:
+            log(f"{fmt}: exporting ({MODES[opts.mode]})")
+            exported.append(export_format(step, fmt, opts, calib, tmp, qat_cache))
+        files = [
+            FileEntry(e.path.name, e.format, e.quantization, sha256_file(e.path), e.path.stat().st_size, e.io)
+            for e in exported
+        ]
+        results = {e.path.name: FileResult(e, e.path.stat().st_size) for e in exported}
+        ref = float_reference(step, calib)
+        ref_sdri = accuracy.si_sdri(ref, calib.heldout, step.cfg.hop)
+        _write_json(
+            tmp / "manifest.json", manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source)
+        )
+        bundle = Bundle.load(tmp)
+        for entry in bundle.files:
+            log(f"{entry.format}: verifying in its own runtime on {len(calib.heldout)} held-out clips")
+            verify(bundle, entry, results[entry.path], ref, ref_sdri, calib, opts)
+        data = manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source)
+        _write_json(tmp / "manifest.json", data)
+        write_report(tmp / "report.md", data, results, ref_sdri)
+        failed = [r for r in results.values() if not r.passed]
+        if failed:
+            lines = []
+            for r in failed:
+                min_snr, max_drop = opts.tolerance.limits(r.exported.quantization)
+                lines.append(
+                    f"{r.exported.path.name} ({r.exported.quantization}): SNR vs float {r.snr_db:.1f} dB "
+                    f"(min {min_snr:g}), SI-SDRi drop {r.si_sdri_drop_db:.2f} dB (max {max_drop:g})"
+                )
+            raise GateFailed(results, ref_sdri, "accuracy gate failed, no bundle written:\n  " + "\n  ".join(lines))
+        _install(tmp, out)
+        return out, results, ref_sdri
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class GateFailed(EdgePseError):
+    """The export finished but a file is less accurate than the tolerance allows."""
+
+    exit_code = 3
+
+    def __init__(self, results: dict[str, FileResult], ref_sdri: float, message: str) -> None:
+        super().__init__(message)
+        self.results, self.ref_sdri = results, ref_sdri

@@ -1,0 +1,83 @@
+"""Static int8 PTQ through PT2E, calibrated on the inputs AND states the float step really sees.
+
+The step is recurrent: an LSTM state or the decoder tail only takes realistic values after the step has run
+on real audio for a while. So the float step runs hop by hop over the calibration clips (all clips at once,
+as one batch) and the observers see exactly those hops, embeddings and states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from edge_pse.quant.calibration import Clip
+
+
+def example_inputs(step: nn.Module, batch: int = 1) -> tuple[torch.Tensor, ...]:
+    cfg = step.cfg
+    return (torch.zeros(batch, cfg.hop), torch.zeros(batch, cfg.spk_dim), *step.initial_state(batch))
+
+
+def export_for_quantization(step: nn.Module, dynamic_batch: bool = True) -> torch.fx.GraphModule:
+    """torch.export the step (batch dimension dynamic, so calibration and QAT can run many clips at once)."""
+    example = example_inputs(step, batch=2)
+    shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        shapes = {"hop": {0: batch}, "spk": {0: batch}, "state": tuple({0: batch} for _ in example[2:])}
+    return torch.export.export(step, example, dynamic_shapes=shapes).module()
+
+
+def batch_clips(clips: list[Clip], hop: int, max_hops: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack clips into wave[B, T] (zero-padded to the longest, whole hops) and spk[B, D]."""
+    n = max(c.mixture.size for c in clips) // hop
+    if max_hops:
+        n = min(n, max_hops)
+    wave = np.zeros((len(clips), n * hop), np.float32)
+    for i, c in enumerate(clips):
+        m = c.mixture[: n * hop]
+        wave[i, : m.size] = m
+    return torch.from_numpy(wave), torch.from_numpy(np.stack([c.spk for c in clips]).astype(np.float32))
+
+
+@torch.no_grad()
+def streaming_inputs(
+    step: nn.Module, clips: list[Clip], max_hops: int | None = None
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Per hop: (hop, spk, *state) exactly as the float step sees them, batched over the clips."""
+    hop = step.cfg.hop
+    wave, spk = batch_clips(clips, hop, max_hops)
+    state = step.initial_state(wave.shape[0])
+    for t in range(0, wave.shape[1], hop):
+        x = wave[:, t : t + hop]
+        yield (x, spk, *state)
+        _, *state = step(x, spk, *state)
+
+
+@torch.no_grad()
+def calibrate(prepared: torch.fx.GraphModule, step: nn.Module, clips: list[Clip], max_hops: int | None = None) -> None:
+    hop = step.cfg.hop
+    n_hops = min(max(c.mixture.size for c in clips) // hop, max_hops or 1 << 30)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"calibrating on {len(clips)} clips", total=n_hops)
+        for inputs in streaming_inputs(step, clips, max_hops):
+            prepared(*inputs)
+            bar.advance(task)
+
+
+def quantize_ptq(
+    step: nn.Module, quantizer, clips: list[Clip], max_hops: int | None = None, fold: bool = True
+) -> torch.fx.GraphModule:
+    """export -> prepare (observers) -> calibrate on streaming states -> convert (Q/DQ graph).
+
+    `fold` folds weight quantization into int8 constants (ExecuTorch needs it; litert-torch wants it unfolded).
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(export_for_quantization(step), quantizer)
+    calibrate(prepared, step, clips, max_hops)
+    return convert_pt2e(prepared, fold_quantize=fold)

@@ -1,0 +1,196 @@
+"""Export as users run it: each format exports, loads in its own runtime and tracks the float step over a
+100-hop stream; the gate refuses a broken calibration and leaves nothing behind; bad CLI arguments exit 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_pse.bundle import Bundle  # noqa: E402
+from edge_pse.errors import EdgePseError  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+HOPS = 100
+
+
+def random_embedding(rng: np.random.Generator):
+    def embed(_wave: np.ndarray) -> np.ndarray:
+        v = rng.random(256).astype(np.float32)  # d-vectors are non-negative and unit length
+        return v / np.linalg.norm(v)
+
+    return embed
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from edge_pse.model.config import get_preset
+    from edge_pse.model.e3net import E3Net
+
+    torch.manual_seed(0)
+    return E3Net(get_preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    """A few synthetic clips: 3 to calibrate on, 2 held out (1.2 s each)."""
+    from edge_pse.quant.calibration import CalibrationSet, synthetic_clips
+
+    clips = synthetic_clips(3, 2, 1.2, 0, random_embedding(np.random.default_rng(0)))
+    return CalibrationSet([c for c in clips if not c.heldout], [c for c in clips if c.heldout], "test")
+
+
+def export(model, calib, out: Path, fmt: str, mode: str = "ptq", **kw) -> Bundle:
+    from edge_pse.exporters.pipeline import ExportOptions, export_bundle
+
+    opts = ExportOptions(mode=mode, formats=(fmt,), latency_hops=20, **kw)
+    export_bundle(model, "tiny", "random", calib, out, opts, log=lambda *_: None)
+    return Bundle.load(out)
+
+
+def stream_snr(bundle: Bundle, model, fmt: str, clip) -> float:
+    """SNR (dB) of the backend's output vs the float step over one 100-hop stream (state carried throughout)."""
+    from edge_pse.model.step import E3NetStep, run_step
+    from edge_pse.runtime.backends import FORMAT_BACKEND, open_backend
+
+    wave, spk = clip.mixture[: HOPS * 160], clip.spk
+    ref = run_step(E3NetStep(model).eval(), torch.from_numpy(wave)[None], torch.from_numpy(spk)[None])[0].numpy()
+    backend = open_backend(bundle, FORMAT_BACKEND[fmt], threads=1)
+    backend.set_speaker(spk)
+    out = np.concatenate([backend.process(wave[i * 160 : (i + 1) * 160]).copy() for i in range(HOPS)])
+    return float(10 * np.log10(np.sum(ref**2) / np.sum((ref - out) ** 2)))
+
+
+def check_format(tiny, calib, tmp_path, fmt: str) -> None:
+    bundle = export(tiny, calib, tmp_path / fmt, fmt)
+    entry = bundle.file(fmt)
+    assert entry.quantization == "int8-ptq"
+    assert entry.bytes < 0.6 * 2**20  # tiny's int8 weights are ~0.46 MiB; the file stays near that
+    acc = bundle.manifest["accuracy"][entry.path]
+    assert acc["passed"] and acc["snr_db"] >= bundle.tolerance["int8_min_snr_db"]
+    assert stream_snr(bundle, tiny, fmt, calib.heldout[0]) >= bundle.tolerance["int8_min_snr_db"]
+
+
+def test_onnx_int8_exports_runs_and_tracks_the_float_step(tiny, calib, tmp_path) -> None:
+    check_format(tiny, calib, tmp_path, "onnx")
+
+
+@pytest.mark.slow
+def test_tflite_int8_exports_runs_and_tracks_the_float_step(tiny, calib, tmp_path) -> None:
+    check_format(tiny, calib, tmp_path, "tflite")
+    io = Bundle.load(tmp_path / "tflite").file("tflite").io
+    # litert-torch leaves int8 state I/O: the manifest must carry what the host loop needs to requantize
+    assert any(t.quantized for t in io.inputs[2:]) and all(t.scale > 0 for t in io.inputs if t.quantized)
+    # and the LiteRT backend runs it with torch made unimportable, as on a Pi
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from edge_pse.bundle import Bundle\n"
+        "from edge_pse.runtime.backends import open_backend\n"
+        f"b = open_backend(Bundle.load({str(tmp_path / 'tflite')!r}), 'litert')\n"
+        "b.set_speaker(np.full(256, 1 / 16, np.float32))\n"
+        "print(float(np.abs(b.process(np.ones(160, np.float32) * 0.1)).sum()))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0 and float(res.stdout.split()[-1]) >= 0, res.stderr
+
+
+@pytest.mark.slow
+def test_pte_int8_exports_runs_and_tracks_the_float_step(tiny, calib, tmp_path) -> None:
+    check_format(tiny, calib, tmp_path, "pte")
+    acc = Bundle.load(tmp_path / "pte").manifest["accuracy"]["model.pte"]
+    assert acc["ops_outside_delegate"]["delegate_subgraphs"] >= 1
+
+
+def test_gate_fails_a_broken_calibration_and_leaves_nothing(tiny, calib, tmp_path) -> None:
+    from dataclasses import replace
+
+    from edge_pse.exporters.pipeline import GateFailed
+    from edge_pse.quant.calibration import CalibrationSet
+
+    broken = CalibrationSet([replace(c, mixture=c.mixture * 1e-4) for c in calib.calibration], calib.heldout, "x1e-4")
+    out = tmp_path / "out" / "tiny-ptq"
+    with pytest.raises(GateFailed, match="accuracy gate failed") as err:
+        export(tiny, broken, out, "onnx")
+    assert err.value.exit_code != 0
+    assert not out.exists() and list((tmp_path / "out").iterdir()) == []  # no bundle, no temp folder
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_pse", "export", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--formats", "pte,gguf"], "unknown format"),
+        (["--mode", "int4"], "invalid choice"),
+        (["--student", "huge"], "invalid choice"),
+        (["--student", "tiny", "--checkpoint", "x.pt"], "not allowed with"),
+        (["--qat-steps", "0"], "positive integer"),
+        (["--checkpoint", "/nonexistent/model.pt"], "not found"),
+        (["--checkpoint", __file__, "--calibration", "/nonexistent/dir"], "calibration directory"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_a_clear_message(args, message) -> None:
+    res = cli(*args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_checkout_script_gives_the_same_errors() -> None:
+    res = subprocess.run(
+        [sys.executable, str(REPO / "export" / "quantize.py"), "--formats", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 2 and "unknown format" in res.stderr
+
+
+def test_missing_shipped_checkpoint_is_a_clear_error() -> None:
+    from edge_pse.model.checkpoint import SHIPPED_DIR
+
+    if (SHIPPED_DIR / "teacher.pt").exists():
+        pytest.skip("the teacher checkpoint is shipped")
+    res = cli("--student", "teacher")
+    assert res.returncode == 2 and "does not exist yet" in res.stderr
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused() -> None:
+    res = cli("--checkpoint", __file__)
+    assert res.returncode == 2 and "checkpoint" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_cli_exports_a_checkpoint_end_to_end(tiny, tmp_path) -> None:
+    from edge_pse.model.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "tiny.pt", tiny, "tiny")
+    out = tmp_path / "bundle"
+    res = cli("--checkpoint", str(tmp_path / "tiny.pt"), "--formats", "onnx,tflite", "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "| onnx | int8-ptq |" in res.stdout and "| tflite | int8-ptq |" in res.stdout
+    b = Bundle.load(out)
+    assert {f.format for f in b.files} == {"onnx", "tflite"}
+    assert b.manifest["toolchain"]["litert-torch"] == "0.10.0"
+
+
+@pytest.mark.slow
+def test_qat_exports_and_passes_the_gate(tiny, calib, tmp_path) -> None:
+    bundle = export(tiny, calib, tmp_path / "qat", "pte", mode="qat", qat_steps=20, qat_batch=4)
+    acc = bundle.manifest["accuracy"]["model.pte"]
+    assert bundle.file("pte").quantization == "int8-qat" and acc["passed"]
+
+
+def test_bundle_refuses_an_unknown_file_format_request(tiny, calib, tmp_path) -> None:
+    bundle = export(tiny, calib, tmp_path / "fp32", "onnx", mode="fp32")
+    assert bundle.manifest["accuracy"]["model.onnx"]["snr_db"] > 60
+    with pytest.raises(EdgePseError, match="no pte"):
+        bundle.file("pte")

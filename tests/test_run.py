@@ -1,0 +1,226 @@
+"""`edge-pse run` as users call it, with torch made unimportable: files in, files out, exit codes, stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edge_pse import demo
+from tests.test_run_bundle import bundle_dir, make_speaker  # noqa: F401  (bundle_dir is a fixture)
+
+NO_TORCH = "import sys; sys.modules['torch'] = None; from edge_pse.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def edge_pse(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter where `import torch` fails: the runtime path must not need it."""
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def speaker(tmp_path_factory) -> Path:
+    return make_speaker(tmp_path_factory.mktemp("spk") / "me.spk")
+
+
+def run(bundle: Path, speaker: Path, inp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return edge_pse("run", "--model", bundle, "--speaker", speaker, "--input", inp, "--output", out, *extra)
+
+
+def test_torch_free_import_of_the_runtime() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import edge_pse.runtime.frontend, edge_pse.runtime.frontend_int, edge_pse.runtime.runner\n"
+        "import edge_pse.runtime.audio_io, edge_pse.runtime.devices, edge_pse.runtime.live, edge_pse.runtime.session\n"
+        "import edge_pse.runtime.backends.onnx, edge_pse.runtime.backends.litert, edge_pse.bundle\n"
+        "import edge_pse.cli.run, edge_pse.cli.devices, edge_pse.demo, edge_pse.enroll.profile\n"
+        "print('ok')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_file_run_keeps_length_and_writes_stats(bundle_dir: Path, speaker: Path, tmp_path: Path) -> None:  # noqa: F811
+    out, stats_path = tmp_path / "clean.wav", tmp_path / "stats.json"
+    res = run(bundle_dir, speaker, demo.path(demo.MIXTURE), out, "--stats", stats_path, "--device", "rpi4")
+    assert res.returncode == 0, res.stderr
+    x, rate = sf.read(demo.path(demo.MIXTURE), dtype="int16")
+    y, out_rate = sf.read(out, dtype="int16")
+    assert out_rate == rate and len(y) == len(x)
+    assert np.any(y != 0)
+    stats = json.loads(stats_path.read_text())
+    for key in ("per_hop_us", "model_us", "overhead_us"):
+        assert set(stats[key]) == {"p50", "p95", "p99", "max", "mean"}
+        assert 0 < stats[key]["p50"] <= stats[key]["p95"] <= stats[key]["p99"] <= stats[key]["max"]
+    assert stats["hops"] == -(-len(x) // 160) + 1  # the padded hops plus the one flush hop
+    assert stats["backend"] == "onnx" and stats["device_profile"] == "rpi4"
+    assert stats["deadline_us"] == 8000.0 and 0 <= stats["deadline_misses"] <= stats["hops"]
+    assert 0 < stats["rtf"] < 1
+    assert stats["input_frames"] == stats["output_frames"] == len(x)
+    assert stats["latency_compensation_samples"] == 160
+    assert stats["outside_model_us_per_hop"] > 0
+    assert "real-time factor" in res.stdout
+
+
+def test_stereo_44k_float_input_gives_a_mono_file_of_the_same_length_and_rate(
+    bundle_dir: Path,  # noqa: F811
+    speaker: Path,
+    tmp_path: Path,
+) -> None:
+    x, _ = sf.read(demo.path(demo.MIXTURE), dtype="float32")
+    import soxr
+
+    x44 = soxr.resample(x, 16000, 44100)[: 44100 * 2 + 11]
+    inp = tmp_path / "stereo.flac"
+    sf.write(inp, np.stack([x44, 0.5 * x44], axis=1), 44100)
+    out = tmp_path / "clean.flac"
+    res = run(bundle_dir, speaker, inp, out)
+    assert res.returncode == 0, res.stderr
+    info = sf.info(out)
+    assert (info.samplerate, info.channels, info.frames) == (44100, 1, len(x44))
+
+
+@pytest.mark.parametrize("case", ["silence", "clipping"])
+def test_silence_and_clipped_input_are_processed_and_reported(
+    bundle_dir: Path,  # noqa: F811
+    speaker: Path,
+    tmp_path: Path,
+    case: str,
+) -> None:
+    inp, out, stats_path = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "s.json"
+    if case == "silence":
+        sf.write(inp, np.zeros(16000, np.int16), 16000)
+    else:
+        x, _ = sf.read(demo.path(demo.MIXTURE), dtype="float32")
+        sf.write(inp, np.clip(x * 8, -1, 1), 16000, subtype="PCM_16")
+    res = run(bundle_dir, speaker, inp, out, "--stats", stats_path)
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(stats_path.read_text())
+    assert sf.info(out).frames == sf.info(inp).frames
+    if case == "silence":
+        assert stats["input_silent"] is True and "digital silence" in res.stderr
+    else:
+        assert stats["input_clipped"] > 100 and "full scale" in res.stderr
+
+
+def _bad_inputs(tmp: Path, good_wav: Path, bundle: Path, speaker: Path) -> dict[str, tuple[list, str]]:
+    """case -> (extra args replacing the defaults, expected message fragment)."""
+    raw = good_wav.read_bytes()
+    (tmp / "text.wav").write_text("this is not audio\n" * 20)
+    (tmp / "empty.wav").write_bytes(b"")
+    (tmp / "truncated.wav").write_bytes(raw[: len(raw) // 2])
+    sf.write(tmp / "ok.flac", sf.read(good_wav, dtype="int16")[0], 16000)
+    flac = (tmp / "ok.flac").read_bytes()
+    (tmp / "truncated.flac").write_bytes(flac[: len(flac) // 2])
+    nan = np.zeros(8000, np.float32)
+    nan[4000] = np.nan
+    sf.write(tmp / "nan.wav", nan, 16000, subtype="FLOAT")
+    inf = np.zeros(8000, np.float32)
+    inf[10] = np.inf
+    sf.write(tmp / "inf.wav", inf, 16000, subtype="FLOAT")
+    sf.write(tmp / "zero_frames.wav", np.zeros(0, np.int16), 16000)
+    tampered = tmp / "tampered"
+    shutil.copytree(bundle, tampered)
+    with (tampered / "model.onnx").open("r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    other = make_speaker(tmp / "other.spk", encoder="some-other-encoder")
+    broken_spk = tmp / "broken.spk"
+    broken_spk.write_text(speaker.read_text().replace('"clips": 1', '"clips": 2'))
+    return {
+        "not audio": (["--input", tmp / "text.wav"], "cannot read"),
+        "empty file": (["--input", tmp / "empty.wav"], "empty"),
+        "no frames": (["--input", tmp / "zero_frames.wav"], "no audio samples"),
+        "truncated wav": (["--input", tmp / "truncated.wav"], "truncated"),
+        "truncated flac": (["--input", tmp / "truncated.flac"], "truncated"),
+        "NaN": (["--input", tmp / "nan.wav"], "NaN/Inf"),
+        "Inf": (["--input", tmp / "inf.wav"], "NaN/Inf"),
+        "missing input": (["--input", tmp / "nope.wav"], "not found"),
+        "bad output type": (["--output", tmp / "out.mp3"], "output must end in"),
+        "missing bundle": (["--model", tmp / "no-bundle"], "not found"),
+        "tampered bundle": (["--model", tampered], "sha256"),
+        "other encoder": (["--speaker", other], "some-other-encoder"),
+        "edited profile": (["--speaker", broken_spk], "checksum"),
+        "unknown device": (["--device", "toaster"], "unknown device profile"),
+        "unknown backend file": (["--backend", "litert"], "no tflite file"),
+        "mic to a file": (["--input", "mic"], "live mode runs"),
+        "same in and out": (["--input", tmp / "ok.flac", "--output", tmp / "ok.flac"], "must differ"),
+    }
+
+
+def test_bad_inputs_exit_2_with_a_clear_message_and_no_output(bundle_dir: Path, speaker: Path, tmp_path: Path) -> None:  # noqa: F811
+    cases = _bad_inputs(tmp_path, Path(str(demo.path(demo.MIXTURE))), bundle_dir, speaker)
+    outdir = tmp_path / "outputs"
+    outdir.mkdir()
+    for case, (extra, message) in cases.items():
+        args = {"--model": bundle_dir, "--speaker": speaker, "--input": demo.path(demo.MIXTURE)}
+        args["--output"] = outdir / "clean.wav"
+        args["--stats"] = outdir / "stats.json"
+        for k, v in zip(extra[::2], extra[1::2], strict=True):
+            args[k] = v
+        res = edge_pse("run", *[str(a) for kv in args.items() for a in kv])
+        assert res.returncode == 2, (case, res.stderr)
+        assert res.stderr.startswith("edge-pse run: error: "), (case, res.stderr)
+        assert message in res.stderr, (case, res.stderr)
+        assert "Traceback" not in res.stderr, case
+        assert list(outdir.iterdir()) == [], (case, list(outdir.iterdir()))  # nothing half-written
+
+
+def test_default_run_uses_the_shipped_bundle_and_demo_or_says_it_is_missing(tmp_path: Path) -> None:
+    from edge_pse.cli.run import DEFAULT_BUNDLE
+
+    res = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "run"], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    if DEFAULT_BUNDLE.is_dir():
+        assert res.returncode == 0, res.stderr
+        assert sf.info(tmp_path / "enhanced.wav").frames == sf.info(demo.path(demo.MIXTURE)).frames
+        assert "real-time factor" in res.stdout
+    else:
+        assert res.returncode == 2 and "shipped tiny int8 bundle is missing" in res.stderr
+        assert not (tmp_path / "enhanced.wav").exists()
+
+
+def test_devices_lists_profiles_and_user_profiles(tmp_path: Path) -> None:
+    user = tmp_path / "mine.toml"
+    user.write_text('[zero2w]\ninherit = "rpi4"\ndescription = "Pi Zero 2 W"\nthreads = 1\ndeadline_ms = 9.5\n')
+    res = edge_pse("devices", "--json", "--profiles", user)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    profiles = {p["alias"]: p for p in data["profiles"]}
+    assert {"host", "rpi", "rpi4", "rpi5", "arm64", "zero2w"} <= set(profiles)
+    assert profiles["zero2w"]["deadline_ms"] == 9.5 and profiles["zero2w"]["on_miss"] == "pass-through"
+    assert profiles["rpi"]["name"] in ("rpi4", "rpi5")
+    env = edge_pse("devices", "--json", env={"EDGE_PSE_PROFILES": str(user)})
+    assert "zero2w" in {p["alias"] for p in json.loads(env.stdout)["profiles"]}
+    assert isinstance(data["audio_devices"], list)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[x]\nthreads = 'two'\n", "lacks"),
+        ("[x]\ninherit='host'\nthreads = 'two'\n", "threads must be int"),
+        ("[x\n", "not valid TOML"),
+        ("[x]\ninherit='host'\non_miss='panic'\n", "on_miss must be one of"),
+    ],
+)
+def test_bad_profile_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    user = tmp_path / "bad.toml"
+    user.write_text(text)
+    res = edge_pse("run", "--device", "x", "--profiles", user, "--output", tmp_path / "o.wav")
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert not (tmp_path / "o.wav").exists()
