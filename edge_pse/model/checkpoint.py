@@ -42,6 +42,7 @@ def save_checkpoint(path: str | Path, model: E3Net, preset: str, extra: dict | N
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

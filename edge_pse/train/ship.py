@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--command", required=True, help="the exact training command")
     ap.add_argument("--wall-time", required=True, help="measured wall time of the training run")
     ap.add_argument("--checkpoint", default="best.pt", help="which file of the run to ship")
+    ap.add_argument("--card-only", action="store_true", help="rewrite the model card, keep the shipped weights")
     args = ap.parse_args()
     src = args.run / args.checkpoint
     model, payload = load_model(src)
@@ -133,7 +134,8 @@ def main() -> None:
     fp16 = snr16 >= FP16_MIN_SNR_DB
     extra = {k: v for k, v in payload["extra"].items() if k != "optimizer"}
     dst = SHIPPED_DIR / f"{args.name}.pt"
-    save_checkpoint(dst, model, payload["preset"], extra=extra, half=fp16)
+    if not args.card_only:  # bundles record the checkpoint's sha256: a card update must not touch the weights
+        save_checkpoint(dst, model, payload["preset"], extra=extra, half=fp16)
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
     stats = model_stats(payload["preset"], model.cfg)
     text = card(args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16)

@@ -1,0 +1,1 @@
+"""Shipped checkpoints trained by this project (`<name>.pt`) and their model cards (`<name>.md`)."""

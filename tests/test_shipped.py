@@ -1,0 +1,69 @@
+"""The shipped checkpoints and bundles: present, loadable, consistent with each other and with the export."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_pse.bundle import Bundle, sha256_file
+from edge_pse.model.checkpoint import SHIPPED_DIR, load_model
+
+BUNDLES = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles"
+SHIPPED = sorted(p.stem for p in SHIPPED_DIR.glob("*.pt"))
+
+
+def test_the_default_student_is_shipped() -> None:
+    assert "tiny" in SHIPPED and (BUNDLES / "tiny-int8" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_loads_and_has_a_model_card(name: str) -> None:
+    model, payload = load_model(name)
+    assert payload["preset"] == name and model.cfg.to_dict() == payload["config"]
+    card = (SHIPPED_DIR / f"{name}.md").read_text()
+    assert "Command:" in card and "Measured quality" in card
+
+
+@pytest.mark.parametrize("bundle_dir", sorted(BUNDLES.glob("*-int8")), ids=lambda p: p.name)
+def test_shipped_bundle_was_made_from_the_shipped_checkpoint(bundle_dir: Path) -> None:
+    bundle = Bundle.load(bundle_dir)  # verifies every file's sha256
+    source = bundle.manifest["source"]
+    ckpt = SHIPPED_DIR / Path(source["checkpoint"]).name
+    assert source["checkpoint_sha256"] == sha256_file(ckpt), "bundle is stale: re-export it from the checkpoint"
+    formats = {f.format for f in bundle.files}
+    assert "tflite" in formats and formats <= {"pte", "tflite", "onnx"}  # LiteRT is the device default
+    assert all(f.quantization == "int8-ptq" for f in bundle.files)
+    for name, acc in bundle.manifest["accuracy"].items():
+        if name != "float" and isinstance(acc, dict) and "passed" in acc:
+            assert acc["passed"], name
+
+
+@pytest.mark.slow
+def test_reexport_reproduces_the_shipped_tiny_bundle(tmp_path: Path) -> None:
+    """Export the shipped checkpoint again (same command as the committed bundle) and compare outputs."""
+    from tests.test_cli import edge_pse
+
+    shipped = Bundle.load(BUNDLES / "tiny-int8")
+    # LiteRT is the default runtime; one format keeps the test short (the others share every stage but the last)
+    res = edge_pse(
+        "export", "--student", "tiny", "--mode", "ptq", "--formats", "tflite", "--output", str(tmp_path / "b")
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    fresh = Bundle.load(tmp_path / "b")
+    assert fresh.manifest["source"]["checkpoint_sha256"] == shipped.manifest["source"]["checkpoint_sha256"]
+    from edge_pse.runtime.backends import open_backend
+
+    spk = np.random.default_rng(0).standard_normal(256).astype(np.float32)
+    spk /= np.linalg.norm(spk)
+    hops = 0.05 * np.random.default_rng(1).standard_normal((200, 160)).astype(np.float32)
+    for fmt in ("litert",):
+        outs = []
+        for b in (shipped, fresh):
+            be = open_backend(b, fmt, threads=1)
+            be.set_speaker(spk)
+            be.reset()
+            outs.append(np.concatenate([be.process(h).copy() for h in hops]))
+        snr = 10 * np.log10(np.sum(outs[0] ** 2) / max(np.sum((outs[0] - outs[1]) ** 2), 1e-20))
+        assert snr > 40, f"{fmt}: re-export differs from the shipped bundle ({snr:.1f} dB)"
+    assert json.loads((BUNDLES / "tiny-int8" / "manifest.json").read_text())["preset"] == "tiny"
