@@ -229,6 +229,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _install(tmp: Path, out: Path) -> None:
     """Replace `out` by the finished bundle `tmp` (same filesystem, so renames are atomic)."""
+    os.chmod(tmp, 0o755)  # mkdtemp makes an owner-only folder; a bundle is meant to be deployed and shared
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

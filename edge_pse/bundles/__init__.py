@@ -1,0 +1,1 @@
+"""Shipped bundles exported from the shipped checkpoints: the runtime's defaults, no torch needed."""
