@@ -1,0 +1,327 @@
+"""The bench matrix: bundles x backends x threads (plus plug-ins), each cell timed in its own subprocess,
+each distinct model file scored once on the eval set; returns the report dict (schema in report.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge_pse.bench.plugins import is_plugin_spec, load_factory
+from edge_pse.errors import EdgePseError
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE_BACKENDS = ("litert", "executorch", "onnx")  # default; "torch" (the float reference) on request
+CELL_TIMEOUT_S = 600
+
+
+@dataclass
+class Source:
+    """One --models entry: a bundle folder or a plug-in spec."""
+
+    label: str
+    kind: str  # bundle | plugin
+    path: str = ""  # bundle folder or plug-in spec
+    preset: str = ""
+    files: list[tuple[str, str]] = field(default_factory=list)  # (format, quantization) a bundle has
+    has_reference: bool = False
+
+
+@dataclass
+class Cell:
+    source: Source
+    backend: str
+    quantization: str
+    fmt: str
+    threads: int
+
+    @property
+    def key(self) -> str:
+        """Stable across machines and folder names: what `regress` matches cells by."""
+        return f"{self.source.label}/{self.quantization}/{self.backend}/t{self.threads}"
+
+    def spec(self) -> dict:
+        if self.source.kind == "plugin":
+            return {"kind": "plugin", "spec": self.source.path, "threads": self.threads}
+        return {
+            "kind": "bundle",
+            "path": self.source.path,
+            "backend": self.backend,
+            "quantization": self.quantization if self.backend != "torch" else None,
+            "threads": self.threads,
+        }
+
+
+def default_models() -> list[str]:
+    """Bundles found in edge_pse/bundles/ (shipped) and artifacts/ (made by `edge-pse export`)."""
+    found: list[str] = []
+    for root in (REPO / "edge_pse" / "bundles", Path("artifacts"), REPO / "artifacts"):
+        for m in sorted(root.glob("*/manifest.json")):
+            p = str(m.parent.resolve())
+            if p not in found:
+                found.append(p)
+    return found
+
+
+def resolve_sources(models: list[str]) -> list[Source]:
+    from edge_pse.bundle import Bundle
+
+    sources: list[Source] = []
+    for m in models:
+        if Path(m).is_dir():
+            b = Bundle.load(m)
+            label = f"{b.manifest['preset']}"
+            sources.append(
+                Source(
+                    label,
+                    "bundle",
+                    str(Path(m).resolve()),
+                    str(b.manifest["preset"]),
+                    [(f.format, f.quantization) for f in b.files],
+                    b.reference_weights() is not None,
+                )
+            )
+        elif is_plugin_spec(m):
+            load_factory(m)  # a typo fails here, before any cell runs
+            sources.append(Source(m.removeprefix("ep:").split(":")[-1], "plugin", m, "plugin"))
+        else:
+            raise EdgePseError(f"--models {m!r} is neither a bundle folder nor a plug-in (module:function or ep:NAME)")
+    return sources
+
+
+def plan(sources: list[Source], backends: list[str], threads: list[int]) -> list[Cell]:
+    from edge_pse.runtime.backends import BACKENDS, FORMAT_BACKEND
+
+    cells: list[Cell] = []
+    for s in sources:
+        if s.kind == "plugin":
+            cells += [Cell(s, "plugin", "-", "-", t) for t in threads]
+            continue
+        for fmt, quant in s.files:
+            be = FORMAT_BACKEND[fmt]
+            if be in backends:
+                cells += [Cell(s, be, quant, fmt, t) for t in threads]
+        if "torch" in backends and s.has_reference:
+            cells += [Cell(s, "torch", "fp32", BACKENDS["torch"][2] or "pt", t) for t in threads]
+    keys = [c.key for c in cells]
+    dup = {k for k in keys if keys.count(k) > 1}
+    for c in cells:
+        if c.key in dup and c.source.kind == "bundle":
+            c.source.label = f"{c.source.preset}@{Path(c.source.path).name}"
+    return cells
+
+
+def run_cell_subprocess(cell: Cell, hops: int, warmup: int, deadline_us: float) -> dict:
+    """Time one cell in a fresh interpreter (its own RSS, its own crash)."""
+    req = {"cell": cell.spec(), "hops": hops, "warmup": warmup, "deadline_us": deadline_us}
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(cell.threads)  # the cell's thread budget applies to every pool in its process
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path.cwd()), env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edge_pse.bench.cell", json.dumps(req)],
+            capture_output=True,
+            text=True,
+            timeout=CELL_TIMEOUT_S,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {CELL_TIMEOUT_S} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"cell process exited with {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+@dataclass
+class BenchOptions:
+    hops: int = 2000
+    warmup: int = 200
+    deadline_us: float = 10_000.0
+    eval_data: str | None = None
+    per_condition: int = 10
+    seconds: float = 4.0
+    asr: bool = True
+    dnsmos: bool = True
+    intrusive: bool = True
+    teacher: str | None = None  # checkpoint name/path of the float reference, None: no reference row
+    progress: bool = True
+
+
+def spectrogram_cells(cells: list[Cell], limit: int = 4) -> list[Cell]:
+    """One cell per model for the before/after spectrograms: int8 on LiteRT when there is one."""
+
+    def rank(c: Cell) -> tuple:
+        return (c.backend not in ("litert", "plugin"), c.quantization == "fp32", c.threads)
+
+    best: dict[str, Cell] = {}
+    for c in cells:
+        if c.source.label not in best or rank(c) < rank(best[c.source.label]):
+            best[c.source.label] = c
+    return list(best.values())[:limit]
+
+
+def _quality(cells: list[Cell], opts: BenchOptions, log) -> tuple[dict | None, dict, dict]:
+    """(reference row, quality per model file, clip for the spectrograms)."""
+    import numpy as np
+
+    from edge_pse.bench.cell import open_cell
+    from edge_pse.bench.quality import streamer_enhancer, summarize
+    from edge_pse.eval.evaluate import EvalSet, score
+
+    log(f"building the eval set from {opts.eval_data} ({opts.per_condition} per condition, {opts.seconds} s)")
+    evalset = EvalSet.build(opts.eval_data, split="test", per_condition=opts.per_condition, seconds=opts.seconds)
+    kw = {"asr": opts.asr, "intrusive_extras": opts.intrusive, "dnsmos": opts.dnsmos, "progress": opts.progress}
+    clip_ex = next(ex for c in ("both", "interferer", "noise", "reverberant") for ex in evalset.examples.get(c, []))
+    clip = {"mixture": clip_ex.mixture, "target": clip_ex.target, "outputs": {}}
+    reference = None
+    if opts.teacher:
+        import torch
+
+        from edge_pse.eval.evaluate import torch_enhancer
+        from edge_pse.model.checkpoint import load_model
+
+        torch.set_num_threads(1)
+        model, payload = load_model(opts.teacher)
+        log(f"scoring the float reference {opts.teacher} ({payload.get('preset')}, PyTorch)")
+        enh = torch_enhancer(model.eval())
+        per = score(enh, evalset, **kw)
+        reference = {"name": f"{payload.get('preset', opts.teacher)} float (PyTorch)", "checkpoint": str(opts.teacher)}
+        reference |= {"quality": summarize(per), "per_condition": per}
+        clip["outputs"][reference["name"]] = enh(clip_ex.mixture, clip_ex.embedding)
+    shown = spectrogram_cells(cells)
+    results: dict[tuple, dict] = {}
+    for c in cells:
+        qkey = (c.source.path, c.backend, c.quantization)
+        if qkey in results:
+            continue
+        log(f"scoring {c.source.label} {c.quantization} on {c.backend}")
+        try:
+            enh = streamer_enhancer(open_cell({**c.spec(), "threads": 1}))
+            per = score(enh, evalset, **kw)
+            results[qkey] = {"quality": summarize(per), "per_condition": per}
+            if c in shown:
+                label = f"{c.source.label} {c.quantization} {c.backend}"
+                clip["outputs"][label] = np.asarray(enh(clip_ex.mixture, clip_ex.embedding))
+        except EdgePseError as e:
+            results[qkey] = {"quality_error": str(e)}
+    return reference, results, clip
+
+
+def _demo_clip(cells: list[Cell]) -> dict:
+    """Without an eval set, the spectrograms show the built-in demo mixture through up to three models."""
+    import soundfile as sf
+
+    from edge_pse import demo
+    from edge_pse.bench.cell import open_cell
+    from edge_pse.bench.quality import streamer_enhancer
+    from edge_pse.enroll.profile import load_profile
+
+    mix, _ = sf.read(demo.path(demo.MIXTURE), dtype="float32")
+    target, _ = sf.read(demo.path(demo.TARGET), dtype="float32")
+    emb = load_profile(demo.path(demo.SPEAKER)).embedding
+    clip = {"mixture": mix, "target": target, "outputs": {}}
+    done = set()
+    for c in cells:
+        if len(done) >= 3 or (c.source.path, c.quantization) in done:
+            continue
+        done.add((c.source.path, c.quantization))
+        try:
+            out = streamer_enhancer(open_cell({**c.spec(), "threads": 1}))(mix, emb)
+        except EdgePseError:
+            continue
+        clip["outputs"][f"{c.source.label} {c.quantization} {c.backend}"] = out
+    return clip
+
+
+def busy_notes(machine: dict) -> list[str]:
+    """A loaded machine inflates every latency (mostly the tails): say so in the report."""
+    load, cores = machine.get("load_avg"), machine.get("cores_usable") or 1
+    if load and load[0] > 0.5 * cores:
+        return [
+            f"the machine was busy (load average {load[0]:.2f} on {cores} cores at start): latency figures, "
+            "the p99/max tails above all, are noisy; compare ratios from the same conditions"
+        ]
+    return []
+
+
+def run_matrix(
+    sources: list[Source], backends: list[str], threads: list[int], opts: BenchOptions, log
+) -> tuple[dict, dict | None]:
+    from rich.progress import Progress
+
+    from edge_pse import __version__
+    from edge_pse.bench.machine import machine_info, speed_probe_us
+    from edge_pse.bench.quality import versus
+
+    cells = plan(sources, backends, threads)
+    if not cells:
+        raise EdgePseError("no cell to run: no bundle has a file for the chosen backends")
+    log(f"{len(cells)} cells: {len({c.source.label for c in cells})} models x backends x threads {threads}")
+    machine = machine_info()
+    rows = []
+    with Progress(disable=not opts.progress, transient=True) as bar:
+        task = bar.add_task("timing cells", total=len(cells))
+        for c in cells:
+            bar.update(task, description=f"timing {c.key}")
+            res = run_cell_subprocess(c, opts.hops, opts.warmup, opts.deadline_us)
+            row = {
+                "key": c.key,
+                "model": c.source.label,
+                "kind": c.source.kind,
+                "source": c.source.path if c.source.kind == "plugin" else Path(c.source.path).name,
+                "preset": c.source.preset,
+                "format": c.fmt,
+                "quantization": c.quantization,
+                "backend": c.backend,
+                "threads": c.threads,
+            } | res
+            rows.append(row)
+            if "error" in res:
+                log(f"[yellow]{c.key}: {res['error']}[/]")
+            bar.advance(task)
+    reference, clip = None, None
+    if opts.eval_data:
+        reference, quality, clip = _quality(cells, opts, log)
+    else:
+        clip = _demo_clip([c for c, r in zip(cells, rows, strict=True) if "error" not in r])
+    if opts.eval_data:
+        for c, row in zip(cells, rows, strict=True):
+            q = quality.get((c.source.path, c.backend, c.quantization), {})
+            row |= q
+            if "quality" in q:
+                row["quality_vs_reference"] = versus(q["quality"], reference["quality"] if reference else None)
+    machine["speed_probe_after_us"] = speed_probe_us()
+    report = {
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "edge_pse_version": __version__,
+        "machine": machine,
+        "settings": {
+            "hops": opts.hops,
+            "warmup": opts.warmup,
+            "deadline_us": opts.deadline_us,
+            "threads": threads,
+            "backends": backends,
+            "eval": None
+            if not opts.eval_data
+            else {
+                "data": str(opts.eval_data),
+                "split": "test",
+                "per_condition": opts.per_condition,
+                "seconds": opts.seconds,
+                "asr": opts.asr,
+                "dnsmos": opts.dnsmos,
+                "intrusive": opts.intrusive,
+            },
+        },
+        "reference": reference,
+        "cells": rows,
+        "notes": busy_notes(machine),
+    }
+    return report, clip

@@ -1,0 +1,130 @@
+"""`edge-pse bench`: time a matrix of bundles x backends x threads on this machine, score each model file on
+a held-out set, and write report.json / report.md / report.html (docs/bench.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+BACKEND_CHOICES = ("litert", "executorch", "onnx", "torch")
+
+
+def _threads(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes a comma list of integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"--threads values must be >= 1, got {text!r}")
+    return sorted(set(vals))
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="host", help="device profile (rpi, rpi4, rpi5, arm64, host): default threads")
+    p.add_argument("--profiles", action="append", default=[], metavar="FILE", help="extra device profiles (TOML)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL",
+        help="bundle folders and/or plug-ins (module:function or ep:NAME; docs/bench.md). "
+        "Default: every bundle in edge_pse/bundles/ and artifacts/",
+    )
+    p.add_argument("--backends", nargs="+", choices=BACKEND_CHOICES, help="default: litert executorch onnx")
+    p.add_argument("--threads", type=_threads, help="comma list, e.g. 1,2,4 (default: the device profile's)")
+    p.add_argument("--hops", type=_positive, default=2000, help="timed hops per cell (default 2000 = 20 s audio)")
+    p.add_argument("--warmup", type=_positive, default=200, help="untimed hops before timing (default 200)")
+    p.add_argument(
+        "--eval-data", type=Path, help="data root (../shared/data layout): measure quality on its test split"
+    )
+    p.add_argument("--per-condition", type=_positive, default=10, help="eval clips per condition (default 10)")
+    p.add_argument("--seconds", type=float, default=4.0, help="eval clip length (default 4 s)")
+    p.add_argument(
+        "--teacher",
+        default="auto",
+        help="float reference checkpoint (name or path), 'none' to skip; default: the shipped teacher when it exists",
+    )
+    p.add_argument("--no-asr", action="store_true", help="skip WER (Whisper transcripts are the slow part)")
+    p.add_argument("--no-dnsmos", action="store_true", help="skip personalized DNSMOS (~4 s per clip)")
+    p.add_argument("--fast", action="store_true", help="quality: SI-SDRi, TSOS and target-absent level only")
+    p.add_argument("--note", action="append", default=[], help="a note to print in the report (repeatable)")
+    p.add_argument("--output", type=Path, required=True, help="report folder, e.g. reports/NAME/")
+
+
+def _teacher(arg: str) -> str | None:
+    from edge_pse.errors import EdgePseError
+
+    if arg == "none":
+        return None
+    if arg == "auto":
+        shipped = Path(__file__).resolve().parent.parent / "checkpoints" / "teacher.pt"
+        return str(shipped) if shipped.is_file() else None
+    if not Path(arg).is_file() and arg not in ("tiny", "small", "teacher"):
+        raise EdgePseError(f"--teacher {arg!r}: no such checkpoint file")
+    return arg
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from edge_pse.bench.matrix import BUNDLE_BACKENDS, BenchOptions, default_models, resolve_sources, run_matrix
+    from edge_pse.bench.report import write_report
+    from edge_pse.errors import EdgePseError
+    from edge_pse.runtime import devices
+
+    console = Console(stderr=True)
+    profile = devices.resolve(args.device, args.profiles)
+    if args.eval_data is not None and not (args.eval_data / "speech").is_dir():
+        raise EdgePseError(f"--eval-data {args.eval_data}: not a data root (no speech/ folder)")
+    if args.seconds <= 0:
+        raise EdgePseError("--seconds must be positive")
+    models = args.models or default_models()
+    if not models:
+        raise EdgePseError("no bundles found in edge_pse/bundles/ or artifacts/; pass --models BUNDLE ...")
+    sources = resolve_sources(models)
+    threads = args.threads or [profile.threads]
+    backends = list(args.backends or BUNDLE_BACKENDS)
+    opts = BenchOptions(
+        hops=args.hops,
+        warmup=args.warmup,
+        deadline_us=profile.deadline_ms * 1000,
+        eval_data=str(args.eval_data) if args.eval_data else None,
+        per_condition=args.per_condition,
+        seconds=args.seconds,
+        asr=not (args.no_asr or args.fast),
+        dnsmos=not (args.no_dnsmos or args.fast),
+        intrusive=not args.fast,
+        teacher=_teacher(args.teacher) if args.eval_data else None,
+        progress=sys.stderr.isatty(),
+    )
+    report, clip = run_matrix(sources, backends, threads, opts, console.print)
+    report = {"device_profile": profile.name, "device_requested": args.device, **report}
+    report["notes"] = [*args.note, *report.get("notes", [])]
+    written = write_report(report, args.output, clip)
+    from edge_pse.bench.report import cell_table
+
+    head, rows = cell_table(report)
+    from rich.table import Table
+
+    t = Table(title=f"edge-pse bench: profile {profile.name}")
+    for h in head:
+        t.add_column(h, justify="right")
+    for r in rows:
+        t.add_row(*r)
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
+    console.print("wrote " + ", ".join(str(p) for p in written))
+    failed = [c["key"] for c in report["cells"] if "error" in c]
+    if failed:
+        console.print(f"[red]{len(failed)} cell(s) failed: {', '.join(failed)}[/]")
+        return 1
+    return 0
