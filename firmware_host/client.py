@@ -1,0 +1,352 @@
+"""The host side of the link: connect and authenticate, deploy/rollback a bundle, stream a file through the
+device's model (resuming across dropped connections), and pull a bench report.
+
+Used by `edge-pse deploy`, `edge-pse run --target` and `edge-pse bench --target`. Torch-free.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_pse.errors import EdgePseError
+from firmware_host import protocol as P
+from firmware_host.protocol import T
+
+DEFAULT_PORT = 7700
+CONNECT_TIMEOUT_S = 10.0
+REPLY_TIMEOUT_S = 120.0  # a deploy commit verifies every file; opening a stream loads the model
+WINDOW_HOPS = 32  # hops in flight: hides the round trip without queueing much audio on the device
+RETRIES = 5
+
+
+def token(token_file: str | None = None) -> bytes:
+    """The shared token from --token-file or $EDGE_PSE_TOKEN, as the CLI needs it (EdgePseError otherwise)."""
+    try:
+        return P.load_token(token_file)
+    except (OSError, ValueError) as e:
+        raise EdgePseError(str(e)) from None
+
+
+def targets(specs: list[str] | str) -> list[str]:
+    """--target values (repeated and/or comma-separated) -> a flat list."""
+    specs = [specs] if isinstance(specs, str) else specs
+    return [t.strip() for group in specs for t in group.split(",") if t.strip()]
+
+
+def parse_target(target: str, listen: bool = False) -> tuple[str, int]:
+    """'HOST:PORT' (or 'HOST', default port; '[v6]:PORT') -> (host, port); port 0 (any free) only to listen."""
+    t = target.strip()
+    if t.startswith("["):
+        host, _, rest = t[1:].partition("]")
+        port = rest.lstrip(":")
+    elif t.count(":") == 1:
+        host, port = t.split(":")
+    else:
+        host, port = t, ""
+    if not host:
+        raise EdgePseError(f"bad target {target!r}: expected HOST:PORT")
+    try:
+        p = int(port) if port else DEFAULT_PORT
+    except ValueError:
+        raise EdgePseError(f"bad target {target!r}: port must be a number") from None
+    if not (0 if listen else 1) <= p < 65536:
+        raise EdgePseError(f"bad target {target!r}: port out of range")
+    return host, p
+
+
+class Link:
+    """One authenticated connection to an agent."""
+
+    def __init__(self, target: str, token: bytes, timeout: float = REPLY_TIMEOUT_S) -> None:
+        self.target = target
+        host, port = parse_target(target)
+        try:
+            self.sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        except OSError as e:
+            raise EdgePseError(f"cannot reach the agent at {target}: {e.strerror or e}") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self._authenticate(token)
+        except BaseException:
+            self.close()
+            raise
+        self.sock.settimeout(timeout)
+
+    def _authenticate(self, token: bytes) -> None:
+        try:
+            hello = P.expect(P.recv_frame(self.sock), T.HELLO).json()
+            if hello.get("protocol") != P.VERSION:
+                raise EdgePseError(f"agent at {self.target} speaks protocol {hello.get('protocol')}, not {P.VERSION}")
+            nonce = P.new_nonce()
+            mac = P.auth_mac(token, b"client", str(hello.get("nonce")), nonce)
+            P.send(self.sock, P.encode_json(T.AUTH, {"nonce": nonce, "mac": mac}))
+            ok = P.expect(P.recv_frame(self.sock), T.AUTH_OK).json()
+        except P.RemoteError as e:
+            raise EdgePseError(f"agent at {self.target} refused the connection: {e}") from None
+        except (P.ProtocolError, OSError) as e:
+            raise EdgePseError(f"agent at {self.target}: handshake failed ({e})") from None
+        if not P.check_mac(P.auth_mac(token, b"agent", nonce, str(hello.get("nonce"))), ok.get("mac")):
+            raise EdgePseError(f"the peer at {self.target} does not know the token: not our agent")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, op: str, **kw) -> dict:
+        try:
+            P.send(self.sock, P.encode_json(T.REQUEST, {"op": op, **kw}))
+            return P.expect(P.recv_frame(self.sock), T.REPLY).json()
+        except P.RemoteError as e:
+            raise EdgePseError(f"{self.target}: {e}") from None
+        except P.ProtocolError as e:
+            raise EdgePseError(f"{self.target}: protocol error: {e}") from None
+        except (OSError, ConnectionError) as e:
+            raise EdgePseError(f"{self.target}: connection lost during {op}: {e}") from None
+
+
+# --- deploy
+
+
+def bundle_files(bundle: Path) -> list[tuple[Path, str]]:
+    """Every regular file of a verified bundle folder with its relative POSIX path."""
+    from edge_pse.bundle import Bundle
+
+    Bundle.load(bundle)  # refuse to ship a bundle that does not verify here
+    files = sorted(p for p in bundle.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [(p, p.relative_to(bundle).as_posix()) for p in files]
+
+
+def deploy(target: str, token: bytes, bundle: str | Path, progress: Callable[[int], None] | None = None) -> dict:
+    """Upload, verify (sha256 per file, then the manifest on the device), activate atomically."""
+    from edge_pse.bundle import sha256_file
+
+    bundle = Path(bundle)
+    files = bundle_files(bundle)
+    listing = [{"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p, rel in files]
+    with Link(target, token) as link:
+        link.request("deploy_begin", name=bundle.name, files=listing)
+        try:
+            for i, (p, _) in enumerate(files):
+                with open(p, "rb") as f:
+                    offset = 0
+                    while chunk := f.read(P.CHUNK_BYTES):
+                        P.send(link.sock, P.pack_chunk(i, offset, chunk))
+                        offset += len(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+        except OSError as e:
+            raise EdgePseError(f"{target}: upload interrupted ({e}); the device keeps its active bundle") from None
+        return link.request("deploy_commit")
+
+
+def rollback(target: str, token: bytes) -> dict:
+    with Link(target, token) as link:
+        return link.request("rollback")
+
+
+def status(target: str, token: bytes) -> dict:
+    with Link(target, token) as link:
+        return link.request("status")
+
+
+# --- streaming
+
+
+@dataclass
+class StreamResult:
+    out: np.ndarray  # [n_hops, hop] float32, in input order, exactly one output per input hop
+    model_ns: np.ndarray  # on-device model-call time per hop
+    device_ns: np.ndarray  # on-device time per hop (model call + framing the reply)
+    info: dict  # what the device ran: bundle, backend, quantization, threads, tolerance
+    reconnects: int = 0
+    round_trip_ns: list[int] = field(default_factory=list)
+
+
+def stream_hops(
+    target: str,
+    token: bytes,
+    hops: np.ndarray,
+    speaker: np.ndarray,
+    *,
+    backend: str | None = None,
+    threads: int = 1,
+    window: int = WINDOW_HOPS,
+    retries: int = RETRIES,
+    progress: Callable[[int], None] | None = None,
+) -> StreamResult:
+    """Run `hops` [n, hop] through the device's active bundle from a fresh state; every input hop yields
+    exactly one output hop. A dropped connection is reopened and the session resumed (the agent resends
+    outputs we lack and says which input hop it needs next), so nothing is lost or duplicated."""
+    n = len(hops)
+    out = np.zeros((n, P.HOP), np.float32)
+    model_ns = np.zeros(n, np.int64)
+    device_ns = np.zeros(n, np.int64)
+    got = 0  # outputs received, in order
+    link = Link(target, token)
+    try:
+        info = link.request("open_stream", speaker=[float(v) for v in speaker], backend=backend, threads=threads)
+    except BaseException:
+        link.close()
+        raise
+    if hops.shape[1:] != (info["hop"],):
+        link.close()
+        raise EdgePseError(f"hops must be [n, {info['hop']}] for this bundle")
+    session, sent, reconnects = info["session"], 0, 0
+    while True:
+        try:
+            while got < n:
+                while sent < n and sent - got < window:
+                    P.send(link.sock, P.pack_hop(sent, hops[sent]))
+                    sent += 1
+                seq, m_ns, d_ns, y = P.unpack_out(P.expect(P.recv_frame(link.sock), T.OUT).payload)
+                if seq != got:
+                    raise P.ProtocolError(f"output hop {seq} arrived, expected {got}")
+                out[got], model_ns[got], device_ns[got] = y, m_ns, d_ns
+                got += 1
+                if progress is not None:
+                    progress(got)
+            link.request("close_stream")
+            link.close()
+            return StreamResult(out, model_ns, device_ns, info, reconnects)
+        except P.RemoteError as e:
+            link.close()
+            raise EdgePseError(f"{target}: {e}") from None
+        except (OSError, ConnectionError, P.ProtocolError, EdgePseError) as e:
+            link.close()
+            reconnects += 1
+            if reconnects > retries:
+                raise EdgePseError(f"{target}: stream lost after {retries} reconnects ({e})") from None
+            time.sleep(min(0.1 * 2**reconnects, 2.0))
+            try:
+                link = Link(target, token)
+                resumed = link.request("resume_stream", session=session, received=got)
+            except EdgePseError as e2:
+                if "unknown or expired" in str(e2) or "cannot resume" in str(e2):
+                    raise
+                continue  # the device is still unreachable: try again
+            sent = resumed["processed"]  # the agent resends outputs got..processed-1 before anything else
+
+
+def remote_run(
+    target: str,
+    token: bytes,
+    input_path: str | Path,
+    output_path: str | Path,
+    speaker_path: str | Path,
+    *,
+    backend: str | None = None,
+    threads: int = 1,
+    deadline_ms: float | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """`edge-pse run --target`: file in -> enhanced file out on the host, the model run on the device.
+
+    Same framing and latency compensation as a local `edge-pse run` (runner.ArraySource/ArraySink), so the
+    output equals a local run of the same bundle and backend. Returns the stats (device per-hop timings in
+    the same shape as the local stats, plus the host's view).
+    """
+    from edge_pse.runtime import audio_io
+    from edge_pse.runtime.runner import ArraySink, ArraySource
+    from edge_pse.runtime.session import load_speaker
+    from edge_pse.runtime.stats import HopStats
+
+    out_path = audio_io.check_output_path(output_path)
+    if Path(input_path).resolve() == out_path.resolve():
+        raise EdgePseError("--output must differ from --input")
+    st = status(target, token)
+    active = st.get("active")
+    if not active or "error" in active:
+        raise EdgePseError(f"{target}: no usable bundle deployed ({(active or {}).get('error', 'none')})")
+    emb = load_speaker(Path(speaker_path), {"speaker": active["speaker"]})
+    rate, hop = int(active["sample_rate"]), int(active["hop"])
+    clip = audio_io.read_clip(input_path, rate)
+    source = ArraySource(clip.pcm, hop, flush_hops=1)
+    hops = np.stack([source.read_hop() for _ in range(source.n_hops)])
+    t0 = time.perf_counter_ns()
+    res = _with_progress(
+        show_progress,
+        len(hops),
+        Path(input_path).name,
+        lambda cb: _stream(target, token, hops, emb, backend, threads, cb),
+    )
+    wall_ns = time.perf_counter_ns() - t0
+    sink = ArraySink(len(clip.pcm), hop, delay=hop)
+    for y in res.out:
+        sink.write_hop(y)
+    pcm = audio_io.to_source_rate(sink.pcm, clip)
+    audio_io.write_clip(out_path, pcm, clip.source_rate)
+    stats = HopStats(len(hops), int(deadline_ms * 1e6) if deadline_ms else 1_000_000_000 * hop // rate)
+    for d, m in zip(res.device_ns, res.model_ns, strict=True):
+        stats.record(int(d), int(m))
+    audio_s = len(hops) * hop / rate
+    return {
+        "target": target,
+        "device": st.get("machine"),
+        **{k: v for k, v in res.info.items() if k != "session"},
+        **stats.summary(),
+        "rtf": round(stats.busy_ns() / 1e9 / audio_s, 5),
+        "host_wall_s": round(wall_ns / 1e9, 3),
+        "reconnects": res.reconnects,
+        "output_clipped": sink.clipped,
+        "mode": "remote-file",
+        "input": str(input_path),
+        "output": str(out_path),
+        "output_frames": len(pcm),
+    }
+
+
+def _stream(target, token, hops, emb, backend, threads, cb) -> StreamResult:
+    return stream_hops(target, token, hops, emb, backend=backend, threads=threads, progress=cb)
+
+
+def _with_progress(show: bool, total: int, name: str, fn):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.fields[what]}[/] {task.fields[name]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        disable=not show,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("remote", total=total, name=name, what="remote")
+        return fn(lambda k: progress.update(task, completed=k))
+
+
+# --- bench
+
+
+def bench(target: str, token: bytes, **opts) -> dict:
+    with Link(target, token, timeout=3600.0) as link:
+        return link.request("bench", **opts)
+
+
+def remote_bench(
+    targets: list[str],
+    token: bytes,
+    output: str | Path,
+    *,
+    device: str | None = None,
+    backends: list[str] | None = None,
+    threads: list[int] | None = None,
+    hops: int = 2000,
+) -> dict:
+    """`edge-pse bench --target ...`: the bench on every device at once, reports pulled back and merged per
+    device into OUTPUT/remote_report.json and .md, each beside the cost model's prediction for Pi 4/Pi 5."""
+    from firmware_host import fleet
+
+    opts = {"device": device, "backends": backends, "threads": threads, "hops": hops}
+    results = fleet.run_all(targets, lambda t: bench(t, token, **opts))
+    return fleet.write_bench_report(results, Path(output))

@@ -1,0 +1,89 @@
+"""A per-device cost model on paper, made executable: predict one hop's model time on a Pi from the bundle's
+MACs and weight bytes and the board's published figures (device_specs.toml).
+
+Model (a roofline for batch-1 streaming): the weights are read once per hop, so a hop costs
+    max(compute, weight traffic) + operators x dispatch overhead
+where compute = MACs / (MACs-per-cycle x clock x efficiency) and the weight traffic comes from the smallest
+cache level that holds all weights (they stay resident between hops when they fit), else from DRAM. Every
+output of this module is a PREDICTION and says so; the measured figures are shown beside it.
+Torch-free: the MAC/parameter arithmetic below mirrors edge_pse.model (tested against `edge-pse models`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+SPECS = Path(__file__).with_name("device_specs.toml")
+LABEL = "PREDICTION (cost model from published figures, not a measurement)"
+
+
+def config_costs(cfg: dict) -> dict:
+    """Parameters, Linear MACs per hop and weight bytes of an E3Net config (E3NetConfig.to_dict() keys).
+
+    Linear layers of one step: encoder N x window, fusion (N + D) x W, per block two feed-forward
+    projections W x F and F x W and eight LSTM gates W x W, mask W x N, decoder N x window.
+    """
+    n, w, k, f, d = (int(cfg[key]) for key in ("n_filters", "width", "n_blocks", "ff_dim", "spk_dim"))
+    win = int(cfg.get("window", 2 * int(cfg.get("hop", 160))))
+    macs = win * n + (n + d) * w + k * (2 * w * f + 8 * w * w) + w * n + n * win
+    # 32-bit parameters besides Linear weights, in the step (LSTM biases merged) and in the model (two LSTM biases)
+    step_small = 5 * n + 4 * w + k * (2 * f + 12 * w)
+    model_small = step_small + k * 4 * w
+    return {
+        "params": macs + model_small,
+        "macs_per_hop": macs,
+        "fp32_bytes": 4 * (macs + model_small),
+        "int8_bytes": macs + 4 * step_small,
+        "operators": 10 + k * 24,  # Linear, add, activations and LayerNorms of one step (order of magnitude)
+    }
+
+
+def load_specs(path: str | Path = SPECS) -> dict[str, dict]:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def bundle_costs(manifest: dict, quantization: str) -> dict:
+    """Costs for one of the bundle's files: the manifest's own figures when it has them, else the config's."""
+    costs = config_costs(manifest["config"])
+    costs.update({k: v for k, v in manifest.get("costs", {}).items() if k in costs})
+    costs["weight_bytes"] = costs["fp32_bytes"] if quantization == "fp32" else costs["int8_bytes"]
+    costs["quantization"] = quantization
+    return costs
+
+
+def predict(costs: dict, spec: dict, *, clock_ghz: float | None = None) -> dict:
+    """Predicted per-hop model time (us) on one board, with the terms that make it up."""
+    a = spec["assumed"]
+    ghz = clock_ghz or spec["clock_ghz"]
+    int8 = costs["quantization"] != "fp32"
+    peak = spec["int8_macs_per_cycle" if int8 else "fp32_macs_per_cycle"]
+    compute_us = costs["macs_per_hop"] / (peak * a["gemv_efficiency"] * ghz * 1e3)
+    wbytes = costs["weight_bytes"]
+    cache_kib = spec["l2_kib"] + spec.get("l3_kib", 0)
+    if wbytes <= spec["l2_kib"] * 1024:
+        level, bw_gbps = "L2", a["cache_bytes_per_cycle"] * ghz
+    elif wbytes <= cache_kib * 1024 and spec.get("l3_kib", 0):
+        level, bw_gbps = "L3", a["cache_bytes_per_cycle"] * ghz / 2
+    else:
+        level, bw_gbps = "DRAM", spec["dram_peak_gbps"] * a["dram_efficiency"]
+    memory_us = wbytes / (bw_gbps * 1e3)
+    dispatch_us = costs["operators"] * a["op_overhead_us"]
+    total = max(compute_us, memory_us) + dispatch_us
+    return {
+        "label": LABEL,
+        "board": spec["name"],
+        "clock_ghz": ghz,
+        "per_hop_us": round(total, 1),
+        "rtf": round(total / 10_000, 5),
+        "bound": "compute" if compute_us >= memory_us else f"memory ({level})",
+        "weights_from": level,
+        "terms_us": {"compute": round(compute_us, 1), "memory": round(memory_us, 1), "dispatch": round(dispatch_us, 1)},
+    }
+
+
+def predict_boards(manifest: dict, quantization: str, boards: tuple[str, ...] = ("rpi4", "rpi5")) -> dict[str, dict]:
+    specs = load_specs()
+    costs = bundle_costs(manifest, quantization)
+    return {b: {"costs": costs, **predict(costs, specs[b])} for b in boards}

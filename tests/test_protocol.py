@@ -1,0 +1,91 @@
+"""The wire format on its own: frames round-trip, every cap is enforced from the header alone, the HMAC
+proofs bind role and both nonces, targets parse."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from edge_pse.errors import EdgePseError
+from firmware_host import protocol as P
+from firmware_host.client import parse_target
+from firmware_host.protocol import T
+
+
+def test_frames_round_trip_over_a_socket() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        hop = np.linspace(-1, 1, P.HOP, dtype=np.float32)
+        P.send(a, P.encode_json(T.REQUEST, {"op": "status"}))
+        P.send(a, P.pack_hop(7, hop))
+        P.send(a, P.pack_out(8, 1234, 5678, hop * 0.5))
+        P.send(a, P.pack_chunk(2, 4096, b"abc"))
+        assert P.recv_frame(b).json() == {"op": "status"}
+        seq, x = P.unpack_hop(P.recv_frame(b).payload)
+        assert seq == 7 and np.array_equal(x, hop)
+        seq, m, d, y = P.unpack_out(P.recv_frame(b).payload)
+        assert (seq, m, d) == (8, 1234, 5678) and np.array_equal(y, hop * 0.5)
+        assert P.unpack_chunk(P.recv_frame(b).payload) == (2, 4096, b"abc")
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (P.HEADER.pack(b"GE", P.VERSION, int(T.REQUEST), 2), "bad magic"),
+        (P.HEADER.pack(P.MAGIC, P.VERSION + 1, int(T.REQUEST), 2), "protocol version"),
+        (P.HEADER.pack(P.MAGIC, P.VERSION, 99, 2), "unknown frame type"),
+        (P.HEADER.pack(P.MAGIC, P.VERSION, int(T.HOP), 2**32 - 1), "exceeds its cap"),
+        (P.HEADER.pack(P.MAGIC, P.VERSION, int(T.REQUEST), 64 * 1024 + 1), "exceeds its cap"),
+    ],
+)
+def test_a_bad_header_is_refused_before_reading_the_payload(header: bytes, message: str) -> None:
+    with pytest.raises(P.ProtocolError, match=message):
+        P.parse_header(header)
+
+
+def test_the_sender_cannot_exceed_a_cap_either() -> None:
+    with pytest.raises(ValueError, match="exceeds its cap"):
+        P.encode(T.CHUNK, bytes(P.MAX_PAYLOAD[T.CHUNK] + 1))
+
+
+def test_malformed_payloads_are_protocol_errors() -> None:
+    with pytest.raises(P.ProtocolError, match="not JSON"):
+        P.Frame(T.REQUEST, b"\xff{").json()
+    with pytest.raises(P.ProtocolError, match="JSON object"):
+        P.Frame(T.REQUEST, b"[1, 2]").json()
+    with pytest.raises(P.ProtocolError, match="HOP frame of"):
+        P.unpack_hop(bytes(10))
+
+
+def test_auth_macs_bind_the_token_the_role_and_both_nonces() -> None:
+    n1, n2 = P.new_nonce(), P.new_nonce()
+    assert n1 != n2 and len(n1) == 2 * P.NONCE_BYTES
+    mac = P.auth_mac(b"token-one", b"client", n1, n2)
+    assert P.check_mac(mac, P.auth_mac(b"token-one", b"client", n1, n2))
+    assert not P.check_mac(mac, P.auth_mac(b"token-two", b"client", n1, n2))
+    assert not P.check_mac(mac, P.auth_mac(b"token-one", b"agent", n1, n2))  # no reflection
+    assert not P.check_mac(mac, P.auth_mac(b"token-one", b"client", n2, n1))
+    assert not P.check_mac(mac, None)
+
+
+def test_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch) -> None:
+    f = tmp_path / "token"
+    f.write_text("s3cret-token\n")
+    assert P.load_token(str(f)) == b"s3cret-token"
+    monkeypatch.setenv("EDGE_PSE_TOKEN", "from-the-env")
+    assert P.load_token(None) == b"from-the-env"
+    monkeypatch.setenv("EDGE_PSE_TOKEN", "")
+    with pytest.raises(ValueError, match="EDGE_PSE_TOKEN"):
+        P.load_token(None)
+
+
+def test_targets_parse() -> None:
+    assert parse_target("pi.local:7701") == ("pi.local", 7701)
+    assert parse_target("10.0.0.2") == ("10.0.0.2", 7700)
+    assert parse_target("[::1]:9000") == ("::1", 9000)
+    assert parse_target("127.0.0.1:0", listen=True) == ("127.0.0.1", 0)
+    for bad in ("pi:notaport", ":7700", "pi:70000", "pi:0"):
+        with pytest.raises(EdgePseError, match="bad target"):
+            parse_target(bad)
