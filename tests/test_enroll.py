@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from speechlike import DATA, SR, real_speech, speech_files, speech_like
 
 from edge_pse.cli import main
 from edge_pse.enroll.profile import SpeakerProfile, load_profile, save_profile
 from edge_pse.errors import EdgePseError
+from tests.speechlike import DATA, SR, real_speech, speech_files, speech_like
 
 
 def unit(seed: int = 0, dim: int = 256) -> np.ndarray:

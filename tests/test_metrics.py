@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
-from speechlike import DATA, noise, real_speech, speech_like
 
 from edge_pse.eval import metrics
+from tests.speechlike import DATA, noise, real_speech, speech_like
 
 SR = 16_000
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from speechlike import DATA, SR, real_speech, speech_files, speech_like
 
 from edge_pse.enroll import dvector
 from edge_pse.enroll.export_encoder import META_NAME, ONNX_NAME, export
 from edge_pse.enroll.runtime_encoder import RuntimeEncoder
 from edge_pse.errors import EdgePseError
+from tests.speechlike import DATA, SR, real_speech, speech_files, speech_like
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("edge_pse.cli.train", "train an E3Net (e.g. the teacher) on mixtures made on the fly"),
     "distill": ("edge_pse.cli.distill", "distil a student from a teacher (knowledge distillation)"),
     "evaluate": ("edge_pse.cli.evaluate", "metrics per condition for a checkpoint on a held-out set"),
+    "bench": ("edge_pse.cli.bench", "benchmark bundles x backends x threads: latency, memory, quality -> report"),
+    "regress": ("edge_pse.cli.regress", "compare two bench reports cell by cell; non-zero exit on a regression"),
     "run": ("edge_pse.cli.run", "enhance a file or the live microphone with a bundle and a speaker profile"),
     "devices": ("edge_pse.cli.devices", "list audio devices, their sample rates, and the device profiles"),
     "export": ("edge_pse.cli.export", "quantize (int8 PTQ/QAT) and export a model to .pte/.tflite/.onnx bundles"),
+    "agent": ("edge_pse.cli.agent", "the device agent: serves deploys, remote runs and benches to authenticated hosts"),
+    "deploy": ("edge_pse.cli.deploy", "deploy a bundle to devices running `edge-pse agent` (or --rollback)"),
 }
 
 
