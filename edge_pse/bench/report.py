@@ -8,12 +8,11 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edge_pse.atomic import write_bytes
 from edge_pse.errors import EdgePseError
 
 SCHEMA = "edge-pse-bench-report"
@@ -312,18 +311,6 @@ window.addEventListener("load", function () {{
 """
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for people to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 PLOTS = {"latency_cdf.png": plot_cdf, "quality_vs_latency.png": plot_pareto}
 
 
@@ -345,13 +332,13 @@ def write_report(rep: dict, out: str | Path, clip: dict | None = None) -> list[P
         plots["spectrograms.png"] = spec
     written = []
     for name, png in plots.items():
-        _atomic_write(out / name, png)
+        write_bytes(out / name, png)
         written.append(out / name)
     for name, text in (
         ("report.json", json.dumps(rep, indent=1) + "\n"),
         ("report.md", markdown(rep)),
         ("report.html", html_page(rep, plots)),
     ):
-        _atomic_write(out / name, text.encode())
+        write_bytes(out / name, text.encode())
         written.append(out / name)
     return written

@@ -12,14 +12,13 @@ import binascii
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from edge_pse.atomic import write_text
 from edge_pse.errors import EdgePseError
 
 FORMAT = "edge-pse-speaker-profile"
@@ -82,16 +81,7 @@ def save_profile(profile: SpeakerProfile, path: str | Path) -> Path:
     if not path.parent.is_dir():
         raise EdgePseError(f"output directory does not exist: {path.parent}")
     text = json.dumps(to_document(profile), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
     return path
 
 

@@ -5,13 +5,12 @@ Loaded with `torch.load(..., weights_only=True)` only: a checkpoint is data, nev
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from edge_pse import __version__
+from edge_pse.atomic import atomic_path
 from edge_pse.errors import EdgePseError
 from edge_pse.model.config import E3NetConfig
 from edge_pse.model.e3net import E3Net
@@ -38,15 +37,8 @@ def save_checkpoint(path: str | Path, model: E3Net, preset: str, extra: dict | N
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:

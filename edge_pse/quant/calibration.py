@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_pse.atomic import atomic_path
 from edge_pse.errors import EdgePseError
 
 SR = 16_000
@@ -54,9 +55,6 @@ class CalibrationSet:
 # ---------------------------------------------------------------------------------------------------- storage
 def save_npz(path: str | Path, clips: list[Clip]) -> None:
     """int16 audio, float32 embeddings; written atomically."""
-    import os
-    import tempfile
-
     length = max(c.mixture.size for c in clips)
 
     def pcm(x: np.ndarray | None) -> np.ndarray:
@@ -74,15 +72,8 @@ def save_npz(path: str | Path, clips: list[Clip]) -> None:
         "heldout": np.array([c.heldout for c in clips]),
     }
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is a data file meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez would append ".npz" to a name
+        np.savez_compressed(f, **arrays)
 
 
 def load_npz(path: str | Path) -> list[Clip]:

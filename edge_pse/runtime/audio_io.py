@@ -9,15 +9,14 @@ Outputs are written to a temporary file next to the target and renamed, so a fai
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge_pse import atomic
 from edge_pse.errors import EdgePseError
 from edge_pse.runtime.frontend import INT16_MAX, INT16_MIN, downmix, float_to_int16, resample
 
@@ -154,16 +153,7 @@ def check_parent(path: str | os.PathLike) -> Path:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (temporary file, then os.replace)."""
-    path = check_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic.write_text(check_parent(path), text)
 
 
 def write_clip(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int) -> None:
@@ -172,12 +162,5 @@ def write_clip(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int) -> No
 
     path = check_output_path(path)
     fmt, subtype = WRITE_FORMATS[path.suffix.lower()]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic.atomic_path(path) as tmp:
         sf.write(tmp, pcm, sample_rate, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
