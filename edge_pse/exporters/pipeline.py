@@ -105,7 +105,7 @@ def qat_run(step: E3NetStep, opts: ExportOptions, calib: CalibrationSet, qat_cac
         from edge_pse.quant.qat import quantize_qat
 
         qat_cache["qat"] = quantize_qat(
-            step, pte.quantizer(qat=True), calib.calibration, opts.qat_steps, opts.qat_batch, opts.seed
+            step, pte.quantizer(qat=True), pte.quantizer(), calib.calibration, opts.qat_steps, opts.qat_batch, opts.seed
         )
     return qat_cache["qat"]
 

@@ -69,6 +69,13 @@ def calibrate(prepared: torch.fx.GraphModule, step: nn.Module, clips: list[Clip]
             bar.advance(task)
 
 
+def prepare_observers(step: nn.Module, quantizer) -> torch.fx.GraphModule:
+    """export -> prepare: the step's graph with the quantizer's observers, ready to calibrate."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    return prepare_pt2e(export_for_quantization(step), quantizer)
+
+
 def quantize_ptq(
     step: nn.Module, quantizer, clips: list[Clip], max_hops: int | None = None, fold: bool = True
 ) -> torch.fx.GraphModule:
@@ -76,8 +83,8 @@ def quantize_ptq(
 
     `fold` folds weight quantization into int8 constants (ExecuTorch needs it; litert-torch wants it unfolded).
     """
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    prepared = prepare_pt2e(export_for_quantization(step), quantizer)
+    prepared = prepare_observers(step, quantizer)
     calibrate(prepared, step, clips, max_hops)
     return convert_pt2e(prepared, fold_quantize=fold)
