@@ -31,22 +31,50 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kd-weight",
         type=float,
-        default=0.5,
-        help="weight of the teacher-output target vs the clean target; 1.0 needs no clean reference",
+        default=None,
+        help="weight of the teacher-output target vs the clean target (default 0.5); 1.0 needs no clean reference",
+    )
+    p.add_argument(
+        "--asr-loss-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x a frozen Whisper tiny.en token loss on the output (multi-task learning; needs the asr "
+        "extra); labels are Whisper's transcripts of the clean target (no transcripts ship with the data)",
+    )
+    p.add_argument(
+        "--noisy-only",
+        action="store_true",
+        help="no clean reference anywhere in the loss: --kd-weight forced to 1, ASR labels from the teacher's output",
     )
     add_common(p)
 
 
-def _run(args: argparse.Namespace, preset: str, teacher: str | None, kd_weight: float) -> int:
+def _run(
+    args: argparse.Namespace,
+    preset: str,
+    teacher: str | None,
+    kd_weight: float,
+    asr_weight: float = 0.0,
+    noisy_only: bool = False,
+) -> int:
+    from edge_pse.errors import EdgePseError
     from edge_pse.model.config import get_preset
     from edge_pse.train.trainer import TrainConfig, run_training
 
     try:
         get_preset(preset)
     except ValueError as e:
-        from edge_pse.errors import EdgePseError
-
         raise EdgePseError(str(e)) from None
+    if asr_weight > 0:  # fail before any training work when the ASR model is not installed
+        from edge_pse.eval.asr import whisper_model_dir
+
+        whisper_model_dir()
+        for module in ("faster_whisper", "tokenizers"):
+            try:
+                __import__(module)
+            except ImportError:
+                raise EdgePseError(f"--asr-loss-weight needs {module}: pip install 'edge-pse[asr]'") from None
     cfg = TrainConfig(
         preset=preset,
         data=args.data,
@@ -61,6 +89,8 @@ def _run(args: argparse.Namespace, preset: str, teacher: str | None, kd_weight: 
         kd_weight=kd_weight,
         val_every=args.val_every,
         threads=args.threads,
+        asr_weight=asr_weight,
+        noisy_only=noisy_only,
     )
     trainer = run_training(cfg, resume=not args.no_resume, init=args.init)
     if trainer.rank == 0:
@@ -73,4 +103,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    return _run(args, args.student, args.teacher, args.kd_weight)
+    from edge_pse.errors import EdgePseError
+
+    kd_weight = 0.5 if args.kd_weight is None else args.kd_weight
+    if args.noisy_only:
+        if args.kd_weight not in (None, 1.0):
+            raise EdgePseError(f"--noisy-only uses the teacher's output only: --kd-weight {args.kd_weight} conflicts")
+        kd_weight = 1.0
+    return _run(args, args.student, args.teacher, kd_weight, args.asr_loss_weight, args.noisy_only)

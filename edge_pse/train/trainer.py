@@ -2,6 +2,8 @@
 
 One loop serves `edge-pse train` (clean targets) and `edge-pse distill` (a frozen teacher's output as the
 target, mixed with the clean target by `kd_weight`; with kd_weight=1 no clean reference is needed at all).
+`asr_weight` > 0 adds the paper's multi-task ASR term (edge_pse.train.asr_loss: frozen Whisper tiny.en,
+pseudo-labels from the clean target, or from the teacher's output with `noisy_only`).
 Batches are pure functions of (seed, step, rank), so a resumed run continues exactly where it stopped.
 """
 
@@ -43,12 +45,18 @@ class TrainConfig:
     val_examples: int = 64
     save_every: int = 50
     threads: int = 0  # 0 = torch's default
+    asr_weight: float = 0.0  # weight of the Whisper token loss (0: off, Whisper is not even imported)
+    noisy_only: bool = False  # no clean reference in the loss: KD only, ASR pseudo-labels from the teacher
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.kd_weight <= 1.0:
             raise EdgePseError("--kd-weight must be within [0, 1]")
         if self.kd_weight > 0 and not self.teacher:
             raise EdgePseError("knowledge distillation needs --teacher")
+        if not (math.isfinite(self.asr_weight) and self.asr_weight >= 0.0):
+            raise EdgePseError(f"--asr-loss-weight must be a finite number >= 0, got {self.asr_weight}")
+        if self.noisy_only and (not self.teacher or self.kd_weight != 1.0):
+            raise EdgePseError("--noisy-only needs --teacher and uses the teacher's output only (kd_weight 1)")
         if self.steps <= 0 or self.batch <= 0:
             raise EdgePseError("--steps and --batch must be positive")
 
@@ -93,6 +101,11 @@ class Trainer:
         if cfg.teacher:
             self.teacher, _ = load_model(cfg.teacher)
             self.teacher.requires_grad_(False)
+        self.asr = None
+        if cfg.asr_weight > 0:  # imported here: with the weight at 0 nothing of Whisper is loaded
+            from edge_pse.train.asr_loss import AsrLoss
+
+            self.asr = AsrLoss()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=1e-4)
         self.step = 0
         self.best = -math.inf
@@ -137,26 +150,63 @@ class Trainer:
         base = (step * self.world + self.rank) * b
         return [(base + j) % len(self.train_ds) for j in range(b)]
 
-    def loss_on(self, mix: torch.Tensor, ref: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def loss_on(
+        self, mix: torch.Tensor, ref: torch.Tensor, emb: torch.Tensor, indices: list[int] | None = None
+    ) -> torch.Tensor:
+        """The training loss; `indices` (the examples' dataset indices) key the ASR pseudo-label cache."""
         hop = self.model.cfg.output_delay
         out = self.net(mix, emb)
         loss = torch.zeros(())
         w = self.cfg.kd_weight
         if w < 1.0:  # the output lags the input by one hop: compare with the reference one hop earlier
             loss = loss + (1 - w) * enhancement_loss(out[:, hop:], ref[:, :-hop])
+        t_out = None
         if w > 0.0:
             assert self.teacher is not None
             with torch.no_grad():
                 t_out = self.teacher(mix, emb)
             loss = loss + w * enhancement_loss(out, t_out)
+        if self.asr is not None:
+            loss = loss + self.cfg.asr_weight * self._asr_term(out[:, hop:], ref[:, :-hop], mix, t_out, hop, indices)
         return loss
+
+    def _asr_term(
+        self,
+        est: torch.Tensor,
+        ref: torch.Tensor,
+        mix: torch.Tensor,
+        t_out: torch.Tensor | None,
+        hop: int,
+        indices: list[int] | None,
+    ) -> torch.Tensor:
+        """Whisper token loss of the (aligned) output, mean over rows that have a target; 0 when none has one.
+
+        With a clean reference, pseudo-labels come from it and target-absent rows (silent reference) are
+        skipped. With noisy_only they come from the teacher's output (same lag as the student's), and a row
+        counts as target-absent when the teacher output is 30 dB or more below the mixture.
+        """
+        assert self.asr is not None
+        if self.cfg.noisy_only:
+            assert t_out is not None
+            source = t_out[:, hop:]
+            keep = source.pow(2).mean(-1) > 1e-3 * mix.pow(2).mean(-1)
+        else:
+            source = ref
+            keep = ref.pow(2).mean(-1) > 1e-10
+        rows = keep.nonzero().flatten().tolist()
+        if not rows:
+            return torch.zeros(())
+        keys = [indices[i] for i in rows] if indices is not None else None
+        term = self.asr(est[rows], source[rows], keys)  # the mean over the rows with words to recognise
+        return torch.zeros(()) if term is None else term
 
     def train_step(self) -> float:
         self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.cfg)
-        mix, ref, emb = _batch(self.train_ds, self.batch_indices(self.step))
-        loss = self.loss_on(mix, ref, emb)
+        indices = self.batch_indices(self.step)
+        mix, ref, emb = _batch(self.train_ds, indices)
+        loss = self.loss_on(mix, ref, emb, indices)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
