@@ -82,3 +82,34 @@ def test_checkpoints_never_unpickle_code(tmp_path) -> None:
         load_model(evil)
     with pytest.raises(EdgePseError, match="not found"):
         load_model(tmp_path / "missing.pt")
+
+
+def _distill(root, out, *extra: str) -> list[str]:
+    common = "--steps 2 --batch 2 --seconds 1.0 --warmup 1 --val-every 2 --threads 1 --no-resume"
+    base = ["distill", "--teacher", "tiny", "--student", "tiny", "--data", str(root), "--out", str(out)]
+    return [*base, *common.split(), *extra]
+
+
+def test_distill_on_noisy_recordings_without_references(synthetic_root, tmp_path, capsys) -> None:
+    """--noisy-only DIR: crops of real recordings, enrollment from the same speaker, no clean target anywhere."""
+    from edge_pse.cli import main
+    from edge_pse.data.mixtures import RecordingDataset
+
+    recordings = synthetic_root / "speech" / "synth"  # DIR/SPK/*.flac, as a user's recordings would be laid out
+    ds = RecordingDataset(recordings, cfg=MixtureConfig(seconds=1.0, enroll_seconds=3.0), cache_dir=tmp_path)
+    ex = ds[5]
+    assert ex.condition == "recorded" and not ex.target.any() and ex.mixture.shape == (16_000,)
+    assert ex.embedding.shape == (256,) and abs(float((ex.embedding**2).sum()) - 1) < 1e-3
+    assert ds[5].mixture.tobytes() == ex.mixture.tobytes()  # deterministic in (seed, index)
+
+    out = tmp_path / "run"
+    assert main(_distill(synthetic_root, out, "--noisy-only", str(recordings))) == 0
+    assert (out / "last.pt").is_file()
+    _, payload = load_model(out / "last.pt")
+    cfg = payload["extra"]["train_config"]
+    assert cfg["noisy_only"] and cfg["noisy_dir"] == str(recordings) and cfg["kd_weight"] == 1.0
+
+    capsys.readouterr()
+    assert main(_distill(synthetic_root, tmp_path / "bad", "--noisy-only", str(tmp_path / "missing"))) == 2
+    err = capsys.readouterr().err
+    assert "is not a folder" in err and "Traceback" not in err

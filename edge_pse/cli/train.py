@@ -44,8 +44,13 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--noisy-only",
-        action="store_true",
-        help="no clean reference anywhere in the loss: --kd-weight forced to 1, ASR labels from the teacher's output",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="no clean reference anywhere in the loss: --kd-weight forced to 1, ASR labels from the teacher's "
+        "output; with DIR, train on its noisy recordings (DIR/SPK/*.flac|wav, enrollment cut from the same "
+        "speaker's recordings) instead of the generated mixtures; validation stays on --data",
     )
     add_common(p)
 
@@ -57,6 +62,7 @@ def _run(
     kd_weight: float,
     asr_weight: float = 0.0,
     noisy_only: bool = False,
+    noisy_dir: str | None = None,
 ) -> int:
     from edge_pse.errors import EdgePseError
     from edge_pse.model.config import get_preset
@@ -91,6 +97,7 @@ def _run(
         threads=args.threads,
         asr_weight=asr_weight,
         noisy_only=noisy_only,
+        noisy_dir=noisy_dir,
     )
     trainer = run_training(cfg, resume=not args.no_resume, init=args.init)
     if trainer.rank == 0:
@@ -106,8 +113,11 @@ def run_distill(args: argparse.Namespace) -> int:
     from edge_pse.errors import EdgePseError
 
     kd_weight = 0.5 if args.kd_weight is None else args.kd_weight
-    if args.noisy_only:
+    noisy_only = args.noisy_only is not None
+    if noisy_only:
         if args.kd_weight not in (None, 1.0):
             raise EdgePseError(f"--noisy-only uses the teacher's output only: --kd-weight {args.kd_weight} conflicts")
         kd_weight = 1.0
-    return _run(args, args.student, args.teacher, kd_weight, args.asr_loss_weight, args.noisy_only)
+    return _run(
+        args, args.student, args.teacher, kd_weight, args.asr_loss_weight, noisy_only, args.noisy_only or None
+    )

@@ -251,3 +251,54 @@ class MixtureDataset:
             condition,
             meta,
         )
+
+
+class RecordingDataset(MixtureDataset):
+    """Real noisy recordings with no clean reference (`distill --noisy-only DIR`, the paper's KD + MTL data).
+
+    DIR holds one folder per speaker (DIR/SPK/.../*.flac|wav): each recording is the target speaker, with
+    whatever noise and other voices the room had. An example is a crop of one recording as the mixture and
+    an enrollment clip cut from the head or tail of another (or the other end of the same) recording of that
+    speaker, exactly as MixtureDataset cuts them. There is no target: `target` is zeros, the loss uses the
+    teacher's output only (kd_weight 1) and ASR pseudo-labels come from that output.
+    """
+
+    def __init__(self, folder: str | Path, seed: int = 0, cfg: MixtureConfig | None = None, **kw) -> None:
+        super().__init__(folder, "train", seed, cfg, sources=load_recordings(folder), **kw)
+
+    def __getitem__(self, i: int) -> Example:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, i])
+        s = self.targets[int(rng.integers(len(self.targets)))]
+        o = int(rng.integers(len(self._options[s])))
+        mixture, utt, start = self._target_segment(s, o, rng)
+        mixture = mixture * (10 ** (rng.uniform(*self.cfg.level_dbfs) / 20) / _rms(mixture))
+        mixture *= min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
+        meta = {"speaker": self.sources.speakers[s].id, "recording": [utt, start], "enroll": list(self._options[s][o])}
+        return Example(
+            mixture.astype(np.float32),
+            np.zeros_like(mixture, dtype=np.float32),
+            self._enroll_clip(s, o),
+            self._embeddings[s][o].astype(np.float32),
+            "recorded",
+            meta,
+        )
+
+
+def load_recordings(folder: str | Path) -> Sources:
+    """Speakers of a folder of noisy recordings: one sub-folder per speaker (no noise or room sources)."""
+    from edge_pse.data.sources import Speaker, audio_files, load_audio
+    from edge_pse.errors import EdgePseError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgePseError(f"--noisy-only: {folder} is not a folder")
+    speakers = []
+    for spk_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = audio_files(spk_dir)
+        if files:
+            speakers.append(Speaker(spk_dir.name, [load_audio(p) for p in files]))
+    if not speakers:
+        raise EdgePseError(f"--noisy-only: {folder} has no speaker folders with audio (expected DIR/SPK/*.flac|wav)")
+    return Sources(speakers, [], [])

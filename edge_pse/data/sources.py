@@ -48,7 +48,7 @@ def load_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(wave)
 
 
-def _audio_files(folder: Path) -> list[Path]:
+def audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTS and p.is_file())
 
 
@@ -80,16 +80,16 @@ def scan(root: str | Path, split: str) -> tuple[dict[str, list[Path]], list[Path
         for spk_dir in sorted(p for p in corpus.iterdir() if p.is_dir()):
             spk_id = f"{corpus.name}/{spk_dir.name}"
             if split_of(spk_id) == split:
-                files = _audio_files(spk_dir)
+                files = audio_files(spk_dir)
                 if files:
                     speakers[spk_id] = files
     noises = (
-        [p for p in _audio_files(root / "noise") if split_of(str(p.relative_to(root))) == split]
+        [p for p in audio_files(root / "noise") if split_of(str(p.relative_to(root))) == split]
         if (root / "noise").is_dir()
         else []
     )
     rirs = (
-        [p for p in _audio_files(root / "rir") if split_of(str(p.relative_to(root))) == split]
+        [p for p in audio_files(root / "rir") if split_of(str(p.relative_to(root))) == split]
         if (root / "rir").is_dir()
         else []
     )

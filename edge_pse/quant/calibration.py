@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_pse.atomic import atomic_path
+from edge_pse.data.sources import audio_files, load_audio
 from edge_pse.errors import EdgePseError
 
 SR = 16_000
-AUDIO_EXT = (".wav", ".flac", ".ogg")
 CONDITIONS = ("noise", "talker", "noise+talker")
 
 
@@ -266,25 +266,6 @@ def synthetic_clips(
 
 
 # ---------------------------------------------------------------------------------------------- user audio
-def _read(path: Path) -> np.ndarray:
-    import soundfile as sf
-
-    try:
-        x, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises several types for unreadable files
-        raise EdgePseError(f"cannot read audio {path}: {e}") from None
-    x = x.mean(axis=1)
-    if sr != SR:
-        import soxr
-
-        x = soxr.resample(x, sr, SR).astype(np.float32)
-    return x
-
-
-def _audio_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXT)
-
-
 def clips_from_audio_root(
     root: Path, n_clips: int, seconds: float, seed: int, embed: Callable | None = None
 ) -> list[Clip]:
@@ -323,9 +304,9 @@ def _mixed_from_audio_root(
         from edge_pse.enroll.dvector import embed
     speech_root, noise_root = root / "speech", root / "noise"
     by_speaker: dict[str, list[Path]] = {}
-    for f in _audio_files(speech_root) if speech_root.is_dir() else []:
+    for f in audio_files(speech_root) if speech_root.is_dir() else []:
         by_speaker.setdefault(f.parent.name, []).append(f)
-    noises = _audio_files(noise_root) if noise_root.is_dir() else []
+    noises = audio_files(noise_root) if noise_root.is_dir() else []
     if len(by_speaker) < 4 or not noises:
         raise EdgePseError(
             f"{root} has no calibration .npz files and is not a data root with speech/<SPEAKER>/*.flac "
@@ -343,12 +324,12 @@ def _mixed_from_audio_root(
         heldout = i >= n_clips - n_held
         pool = speakers[cut:] if heldout else speakers[:cut]
         spk_id, other_id = rng.choice(pool, 2, replace=len(pool) < 2)
-        talk = _read(by_speaker[spk_id][rng.integers(len(by_speaker[spk_id]))])
+        talk = load_audio(by_speaker[spk_id][rng.integers(len(by_speaker[spk_id]))])
         if talk.size < n + 2 * SR:
             talk = np.pad(talk, (0, n + 2 * SR - talk.size))
         enrol, target = talk[: 2 * SR], talk[2 * SR : 2 * SR + n]  # different parts of the same speaker
-        noise = np.resize(_read(noises[rng.integers(len(noises))]), n)
-        interferer = np.resize(_read(by_speaker[other_id][0]), n)
+        noise = np.resize(load_audio(noises[rng.integers(len(noises))]), n)
+        interferer = np.resize(load_audio(by_speaker[other_id][0]), n)
         clips.append(
             _conditioned_clip(rng, target, embed(enrol), noise, interferer, CONDITIONS[i % len(CONDITIONS)], heldout)
         )

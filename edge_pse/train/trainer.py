@@ -47,6 +47,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch's default
     asr_weight: float = 0.0  # weight of the Whisper token loss (0: off, Whisper is not even imported)
     noisy_only: bool = False  # no clean reference in the loss: KD only, ASR pseudo-labels from the teacher
+    noisy_dir: str | None = None  # noisy_only on real recordings (DIR/SPK/...) instead of the generated mixtures
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.kd_weight <= 1.0:
@@ -57,6 +58,8 @@ class TrainConfig:
             raise EdgePseError(f"--asr-loss-weight must be a finite number >= 0, got {self.asr_weight}")
         if self.noisy_only and (not self.teacher or self.kd_weight != 1.0):
             raise EdgePseError("--noisy-only needs --teacher and uses the teacher's output only (kd_weight 1)")
+        if self.noisy_dir and not self.noisy_only:
+            raise EdgePseError("a folder of noisy recordings needs noisy_only (no clean reference to train on)")
         if self.steps <= 0 or self.batch <= 0:
             raise EdgePseError("--steps and --batch must be positive")
 
@@ -93,6 +96,10 @@ class Trainer:
         self.rank, self.world = _rank_world()
         self.out = Path(cfg.out)
         mcfg = MixtureConfig(seconds=cfg.seconds)
+        if train_ds is None and cfg.noisy_dir:  # validation stays on --data: it needs clean references
+            from edge_pse.data.mixtures import RecordingDataset
+
+            train_ds = RecordingDataset(cfg.noisy_dir, seed=cfg.seed, cfg=mcfg)
         self.train_ds = train_ds or MixtureDataset(cfg.data, "train", seed=cfg.seed, cfg=mcfg)
         self.val_ds = val_ds or MixtureDataset(cfg.data, "val", seed=1234, cfg=mcfg, length=cfg.val_examples)
         torch.manual_seed(cfg.seed)
