@@ -132,7 +132,16 @@ def test_bench_writes_a_valid_report_json_md_html(fp32_bundle, tmp_path) -> None
     assert rep["cells"][0]["rss_peak_mib"] > rep["cells"][2]["rss_peak_mib"]
     md = (out / "report.md").read_text()
     assert "| tiny/fp32/onnx/t1 |" in md and "CPU: " in md and "Device profile rpi4" in md
+    # the cost model's Pi prediction sits beside the measurement, for bundle cells only, labelled as such
+    from firmware_host.costmodel import predict_boards
+
+    pred = rep["cells"][0]["prediction_us"]
+    expected = predict_boards(json.loads((bundle / "manifest.json").read_text()), "fp32")
+    assert pred["rpi4"]["per_hop_us"] == expected["rpi4"]["per_hop_us"] > 0 and "PREDICTION" in pred["label"]
+    assert "prediction_us" not in rep["cells"][2]
+    assert "not a measurement" in md and f"| tiny/fp32/onnx/t1 | {rep['cells'][0]['latency_us']['p50']:.1f} |" in md
     page = (out / "report.html").read_text()
+    assert "PREDICTED rpi5 us" in page
     assert page.count("data:image/png;base64,") == 2  # latency CDF + spectrograms (no quality: no Pareto)
     assert (out / "latency_cdf.png").stat().st_size > 1000 and (out / "spectrograms.png").is_file()
     assert not list(out.glob(".*.tmp"))

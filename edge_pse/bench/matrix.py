@@ -251,6 +251,15 @@ def busy_notes(machine: dict) -> list[str]:
     return []
 
 
+def _prediction(cell: Cell) -> dict:
+    """The cost model's Pi 4 / Pi 5 per-hop prediction for the cell's file (labelled as a prediction)."""
+    from firmware_host.costmodel import LABEL, predict_boards
+
+    manifest = json.loads((Path(cell.source.path) / "manifest.json").read_text())
+    boards = predict_boards(manifest, cell.quantization)
+    return {"label": LABEL} | {b: {k: p[k] for k in ("per_hop_us", "bound", "weights_from")} for b, p in boards.items()}
+
+
 def run_matrix(
     sources: list[Source], backends: list[str], threads: list[int], opts: BenchOptions, log
 ) -> tuple[dict, dict | None]:
@@ -282,6 +291,8 @@ def run_matrix(
                 "backend": c.backend,
                 "threads": c.threads,
             } | res
+            if c.source.kind == "bundle":
+                row["prediction_us"] = _prediction(c)
             rows.append(row)
             if "error" in res:
                 log(f"[yellow]{c.key}: {res['error']}[/]")

@@ -96,6 +96,31 @@ def cell_table(rep: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+PREDICTED_BOARDS = ("rpi4", "rpi5")
+
+
+def prediction_table(rep: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Measured p50 beside the cost model's per-hop prediction for a Pi 4 / Pi 5 (firmware_host.costmodel)."""
+    cells = [c for c in rep["cells"] if "prediction_us" in c and "latency_us" in c]
+    if not cells:
+        return None
+    head = ["cell", "measured p50 us (this machine)"] + [f"PREDICTED {b} us (bound)" for b in PREDICTED_BOARDS]
+    rows = [
+        [c["key"], _fmt(c["latency_us"]["p50"], 1)]
+        + [f"{c['prediction_us'][b]['per_hop_us']:.1f} ({c['prediction_us'][b]['bound']})" for b in PREDICTED_BOARDS]
+        for c in cells
+    ]
+    return head, rows
+
+
+def prediction_note(rep: dict) -> str:
+    label = next(c["prediction_us"]["label"] for c in rep["cells"] if "prediction_us" in c)
+    return (
+        f"Predicted columns: {label}: a roofline from the bundle's MACs and weight bytes and the boards' published "
+        "figures (firmware_host/device_specs.toml), one thread. Measure on the device (edge-pse bench --target)."
+    )
+
+
 def machine_lines(rep: dict) -> list[str]:
     m = rep["machine"]
     vers = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
@@ -141,6 +166,11 @@ def markdown(rep: dict) -> str:
     if ref:
         q = ref["quality"]
         lines += ["", f"Reference: {ref['name']}: " + ", ".join(f"{k} {_fmt(q.get(k))}" for k in QUALITY_COLS)]
+    pred = prediction_table(rep)
+    if pred:
+        lines += ["", "## Cost-model prediction for a Raspberry Pi (not a measurement)", "", prediction_note(rep)]
+        lines += ["", "| " + " | ".join(pred[0]) + " |", "|" + "---|" * len(pred[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in pred[1]]
     lines += [
         "",
         "Latency is per 10 ms hop (model call only), RTF = mean latency / 10 ms, CPU % = process CPU time / wall "
@@ -268,10 +298,18 @@ def plot_spectrograms(clip: dict | None) -> bytes | None:
 
 
 def html_page(rep: dict, plots: dict[str, bytes]) -> str:
-    head, rows = cell_table(rep)
     esc = html.escape
-    table = "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
-    table += "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in rows) + "</tbody></table>"
+
+    def html_table(head: list[str], rows: list[list[str]]) -> str:
+        t = "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
+        t += "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in rows)
+        return t + "</tbody></table>"
+
+    table = html_table(*cell_table(rep))
+    pred = prediction_table(rep)
+    if pred:
+        table += "<h2>Cost-model prediction for a Raspberry Pi (not a measurement)</h2>"
+        table += f"<p>{esc(prediction_note(rep))}</p>" + html_table(*pred)
     figs = "".join(
         f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{esc(name)}</figcaption></figure>"
