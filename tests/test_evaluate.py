@@ -36,6 +36,7 @@ def test_evaluate_json_has_every_condition(synthetic_root, tmp_path) -> None:
         assert out[c]["count"] == 2
     for c in ("noise", "interferer", "both", "reverberant"):
         assert isinstance(out[c]["si_sdri"], float) and 0.0 <= out[c]["tsos"] <= 1.0
+        assert 0.0 <= out[c]["tsos_share"] <= 1.0
     assert isinstance(out["absent"]["absent_level_db"], float)
 
 

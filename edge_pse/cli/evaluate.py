@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    cols = ["count", "si_sdri", "si_sdr", "pesq", "stoi", "pdnsmos_ovrl", "wer", "wer_in", "tsos", "absent_level_db"]
+    cols = ["count", "si_sdri", "si_sdr", "pesq", "stoi", "pdnsmos_ovrl", "wer", "wer_in", "tsos", "tsos_share"]
+    cols.append("absent_level_db")
     table = Table(title=f"{args.checkpoint} ({payload['preset']}) on the {args.split} split")
     table.add_column("condition")
     for c in cols:

@@ -74,6 +74,7 @@ def score(
     total = sum(len(v) for v in evalset.examples.values())
     items = [(c, ex) for c, exs in evalset.examples.items() for ex in exs]
     rows: dict[str, dict[str, list]] = {c: {} for c in evalset.examples}
+    errors = {c: {"wer": [0, 0], "wer_in": [0, 0]} for c in evalset.examples}  # (word errors, reference words)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", m.MetricWarning)
         for c, ex in track(items, description="evaluating", total=total, disable=not progress, transient=True):
@@ -87,6 +88,7 @@ def score(
             r.setdefault("si_sdri", []).append(r["si_sdr"][-1] - r["si_sdr_in"][-1])
             t = m.tsos(out, ex.target)
             r.setdefault("tsos", []).append(float(t.over_suppressed))
+            r.setdefault("tsos_share", []).append(t.share)  # graded: the rate saturates at 1 for weak models
             if intrusive_extras:
                 r.setdefault("pesq", []).append(m.pesq_wb(out, ex.target))
                 r.setdefault("pesq_in", []).append(m.pesq_wb(ex.mixture, ex.target))
@@ -100,11 +102,15 @@ def score(
             if asr:
                 ref_text = m.transcribe(ex.target)
                 if ref_text.strip():
-                    r.setdefault("wer", []).append(m.wer(m.transcribe(out), ref_text))
-                    r.setdefault("wer_in", []).append(m.wer(m.transcribe(ex.mixture), ref_text))
+                    for key, wave in (("wer", out), ("wer_in", ex.mixture)):
+                        n_err, n_words = m.word_errors(m.transcribe(wave), ref_text)
+                        errors[c][key] = [errors[c][key][0] + n_err, errors[c][key][1] + n_words]
     result: dict[str, dict] = {}
     for c, r in rows.items():
         result[c] = {"count": len(evalset.examples[c])} | {k: _mean(v) for k, v in r.items()}
+        for key, (n_err, n_words) in errors[c].items():  # corpus WER: sum(errors) / sum(reference words)
+            if n_words:
+                result[c][key] = round(n_err / n_words, 4)
     return result
 
 
