@@ -18,6 +18,8 @@ import numpy as np
 from edge_pse.data.mixtures import CONDITIONS, MixtureConfig, MixtureDataset
 
 EVAL_SEED = 20_221_118
+SAMPLE_RATE = 16_000
+MAX_REF_WORDS_PER_S = 6.0  # fast read speech is ~3-4 words/s; more in a reference transcript is a hallucination
 
 
 @dataclass
@@ -69,8 +71,13 @@ def _input_scores(ex, intrusive_extras: bool, asr: bool) -> dict:
     if intrusive_extras:
         out |= {"pesq_in": m.pesq_wb(ex.mixture, ex.target), "stoi_in": m.stoi(ex.mixture, ex.target)}
     if asr:
-        out["ref_text"] = m.transcribe(ex.target)
-        out["mix_text"] = m.transcribe(ex.mixture) if out["ref_text"].strip() else ""
+        ref = m.transcribe(ex.target)
+        # a pseudo-label that Whisper hallucinated (a repetition loop: "a little bit of a little bit of ...",
+        # 222 words for 4 s seen here) would swamp the corpus WER with its length: such clips are left out
+        if len(m.normalize_text(ref)) > MAX_REF_WORDS_PER_S * ex.target.size / SAMPLE_RATE:
+            ref = ""
+        out["ref_text"] = ref
+        out["mix_text"] = m.transcribe(ex.mixture) if ref.strip() else ""
     return out
 
 
@@ -91,6 +98,7 @@ def score(
     items = [(c, ex) for c, exs in evalset.examples.items() for ex in exs]
     rows: dict[str, dict[str, list]] = {c: {} for c in evalset.examples}
     errors = {c: {"wer": [0, 0], "wer_in": [0, 0]} for c in evalset.examples}  # (word errors, reference words)
+    wer_clips = dict.fromkeys(evalset.examples, 0)  # clips with a usable reference transcript
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", m.MetricWarning)
         for k, (c, ex) in enumerate(
@@ -123,6 +131,7 @@ def score(
                 r.setdefault("pdnsmos_bak", []).append(mos.bak)
             if asr:
                 if inp["ref_text"].strip():
+                    wer_clips[c] += 1
                     for name, hyp in (("wer", m.transcribe(out)), ("wer_in", inp["mix_text"])):
                         n_err, n_words = m.word_errors(hyp, inp["ref_text"])
                         errors[c][name] = [errors[c][name][0] + n_err, errors[c][name][1] + n_words]
@@ -132,6 +141,8 @@ def score(
         for key, (n_err, n_words) in errors[c].items():  # corpus WER: sum(errors) / sum(reference words)
             if n_words:
                 result[c][key] = round(n_err / n_words, 4)
+        if asr and c != "absent":
+            result[c]["wer_clips"] = wer_clips[c]
     return result
 
 

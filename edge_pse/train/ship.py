@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -116,9 +117,21 @@ def card(
     return "\n".join(lines)
 
 
+def _stored_precision(payload: dict, old_card: Path) -> tuple[bool, float]:
+    """(stored as fp16, fp16-vs-fp32 output SNR) of a shipped checkpoint: measured when it was shipped, kept
+    in its extra (older files: in its card); re-measuring on fp16 weights would compare fp16 with itself."""
+    extra = payload.get("extra", {})
+    if "fp16_snr_db" in extra:
+        return bool(extra["stored_fp16"]), float(extra["fp16_snr_db"])
+    m = re.search(r"Stored as (fp16|fp32) \(fp16 weights vs fp32: output SNR ([\d.]+) dB\)", old_card.read_text())
+    if m is None:
+        raise SystemExit(f"{old_card} does not say how the weights were stored; ship from the run instead")
+    return m.group(1) == "fp16", float(m.group(2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, type=Path, help="run directory with best.pt")
+    ap.add_argument("--run", type=Path, help="run directory with best.pt (not with --card-only)")
     ap.add_argument("--name", required=True, help="shipped name: tiny, small, teacher")
     ap.add_argument("--eval", type=Path, help="evaluate --json output to put in the card")
     ap.add_argument("--command", required=True, help="the exact training command")
@@ -126,15 +139,20 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="best.pt", help="which file of the run to ship")
     ap.add_argument("--card-only", action="store_true", help="rewrite the model card, keep the shipped weights")
     args = ap.parse_args()
-    src = args.run / args.checkpoint
-    model, payload = load_model(src)
-    history = read_checkpoint(args.run / "last.pt").get("extra", {}).get("history", [])
-    payload.setdefault("extra", {})["history"] = history
-    snr16 = fp16_snr_db(model)
-    fp16 = snr16 >= FP16_MIN_SNR_DB
-    extra = {k: v for k, v in payload["extra"].items() if k != "optimizer"}
     dst = SHIPPED_DIR / f"{args.name}.pt"
-    if not args.card_only:  # bundles record the checkpoint's sha256: a card update must not touch the weights
+    if args.card_only:  # bundles record the checkpoint's sha256: a card update must not touch the weights
+        model, payload = load_model(dst)  # the shipped file keeps its training history and fp16 figure
+        fp16, snr16 = _stored_precision(payload, SHIPPED_DIR / f"{args.name}.md")
+    else:
+        if args.run is None:
+            ap.error("--run is required unless --card-only")
+        model, payload = load_model(args.run / args.checkpoint)
+        history = read_checkpoint(args.run / "last.pt").get("extra", {}).get("history", [])
+        payload.setdefault("extra", {})["history"] = history
+        snr16 = fp16_snr_db(model)
+        fp16 = snr16 >= FP16_MIN_SNR_DB
+        extra = {k: v for k, v in payload["extra"].items() if k != "optimizer"}
+        extra |= {"stored_fp16": fp16, "fp16_snr_db": round(snr16, 1)}
         save_checkpoint(dst, model, payload["preset"], extra=extra, half=fp16)
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
     stats = model_stats(payload["preset"], model.cfg)
