@@ -321,6 +321,11 @@ def test_cli_agent_and_fleet_deploy(bundles, tmp_path) -> None:
         assert res.returncode == 0, res.stderr
         for t in targets:
             assert f"{t}: active" in res.stdout and "tiny-a" in res.stdout
+        out = tmp_path / "fleet-bench"
+        res = cli("bench", "--target", ",".join(targets), "--backends", "onnx", "--hops", "100", "--output", str(out))
+        assert res.returncode == 0, res.stderr
+        merged = json.loads((out / "remote_report.json").read_text())
+        assert sorted(merged["devices"]) == sorted(targets) and "predicted Pi 4 us" in res.stdout
         dead = socket.create_server(("127.0.0.1", 0))
         dead_target = f"127.0.0.1:{dead.getsockname()[1]}"
         dead.close()

@@ -59,6 +59,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="quality: SI-SDRi, TSOS and target-absent level only")
     p.add_argument("--note", action="append", default=[], help="a note to print in the report (repeatable)")
     p.add_argument("--output", type=Path, required=True, help="report folder, e.g. reports/NAME/")
+    p.add_argument(
+        "--target",
+        action="append",
+        metavar="HOST:PORT",
+        help="run the bench on device agents instead of here (their deployed bundle; repeat or comma-separate "
+        "for a fleet, run concurrently); reports are pulled back and merged per device into OUTPUT",
+    )
+    p.add_argument("--token-file", default=None, help="with --target: shared agent token file ($EDGE_PSE_TOKEN)")
 
 
 def _teacher(arg: str) -> str | None:
@@ -74,7 +82,36 @@ def _teacher(arg: str) -> str | None:
     return arg
 
 
+def run_remote(args: argparse.Namespace) -> int:
+    """`--target`: each agent benches its deployed bundle on the device; merged report beside the prediction."""
+    from edge_pse.errors import EdgePseError
+    from firmware_host import client
+
+    if args.models or args.eval_data:
+        raise EdgePseError(
+            "--target benches the bundle deployed on each device (edge-pse deploy first): "
+            "--models and --eval-data are for a local bench"
+        )
+    targets = client.targets(args.target)
+    merged = client.remote_bench(
+        targets,
+        client.token(args.token_file),
+        args.output,
+        device=args.device,
+        backends=args.backends,
+        threads=args.threads,
+        hops=args.hops,
+    )
+    print((args.output / "remote_report.md").read_text())
+    bad = [t for t, rep in merged["devices"].items() if "error" in rep]
+    if bad:
+        raise EdgePseError(f"{len(bad)} of {len(targets)} devices failed: {', '.join(bad)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.target:
+        return run_remote(args)
     from rich.console import Console
 
     from edge_pse.bench.matrix import BUNDLE_BACKENDS, BenchOptions, default_models, resolve_sources, run_matrix
