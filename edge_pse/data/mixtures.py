@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from edge_pse.data.sources import SAMPLE_RATE, Sources, load_sources
+from edge_pse.data.sources import SAMPLE_RATE, Sources, Speaker, audio_files, load_audio, load_sources
 from edge_pse.data.synth import procedural_noise, simulated_rir
+from edge_pse.errors import EdgePseError
 
 CONDITIONS = ("noise", "interferer", "both", "absent", "reverberant")
 
@@ -288,9 +289,6 @@ class RecordingDataset(MixtureDataset):
 
 def load_recordings(folder: str | Path) -> Sources:
     """Speakers of a folder of noisy recordings: one sub-folder per speaker (no noise or room sources)."""
-    from edge_pse.data.sources import Speaker, audio_files, load_audio
-    from edge_pse.errors import EdgePseError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise EdgePseError(f"--noisy-only: {folder} is not a folder")
