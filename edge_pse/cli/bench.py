@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge_pse.errors import EdgePseError
+
 BACKEND_CHOICES = ("litert", "executorch", "onnx", "torch")
 
 
@@ -70,7 +72,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _teacher(arg: str) -> str | None:
-    from edge_pse.errors import EdgePseError
 
     if arg == "none":
         return None
@@ -84,7 +85,6 @@ def _teacher(arg: str) -> str | None:
 
 def run_remote(args: argparse.Namespace) -> int:
     """`--target`: each agent benches its deployed bundle on the device; merged report beside the prediction."""
-    from edge_pse.errors import EdgePseError
     from firmware_host import client
 
     if args.models or args.eval_data:
@@ -116,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
 
     from edge_pse.bench.matrix import BUNDLE_BACKENDS, BenchOptions, default_models, resolve_sources, run_matrix
     from edge_pse.bench.report import write_report
-    from edge_pse.errors import EdgePseError
     from edge_pse.runtime import devices
 
     console = Console(stderr=True)

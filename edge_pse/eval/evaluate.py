@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_pse.data.mixtures import CONDITIONS, MixtureConfig, MixtureDataset
+from edge_pse.data.sources import SAMPLE_RATE
 
 EVAL_SEED = 20_221_118
-SAMPLE_RATE = 16_000
 MAX_REF_WORDS_PER_S = 6.0  # fast read speech is ~3-4 words/s; more in a reference transcript is a hallucination
 
 
