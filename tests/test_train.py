@@ -75,6 +75,32 @@ def test_fit_writes_checkpoints_and_distillation_uses_the_teacher(datasets, tmp_
         TrainConfig(preset="tiny", data="", out="x", kd_weight=0.5)
 
 
+def test_fine_tuning_records_the_earlier_stages(datasets, tmp_path) -> None:
+    first = make_trainer(datasets, tmp_path / "a", steps=2, val_every=2)
+    first.fit(show_progress=False)
+    second = make_trainer(datasets, tmp_path / "b", steps=3, val_every=3, seed=5)
+    second.init_from(tmp_path / "a" / "best.pt")
+    assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters(), strict=True))
+    second.fit(show_progress=False)
+    third = make_trainer(datasets, tmp_path / "c", steps=1, val_every=1)
+    third.init_from(tmp_path / "b" / "best.pt")
+    third.fit(show_progress=False)
+    _, payload = load_model(tmp_path / "c" / "last.pt")
+    stages = payload["extra"]["lineage"]
+    assert [(s["source"], s["step"], s["seed"]) for s in stages] == [
+        (str(tmp_path / "a" / "best.pt"), 2, 0),
+        (str(tmp_path / "b" / "best.pt"), 3, 5),
+    ]
+    resumed = make_trainer(datasets, tmp_path / "d", steps=1)
+    assert resumed.resume(tmp_path / "c" / "last.pt") and resumed.lineage == stages
+    with pytest.raises(EdgePseError, match="is a tiny checkpoint, not small"):
+        Trainer(
+            TrainConfig(preset="small", data="", out=str(tmp_path / "e"), batch=1, seconds=1.0, val_examples=8),
+            train_ds=datasets[0],
+            val_ds=datasets[1],
+        ).init_from(tmp_path / "a" / "best.pt")
+
+
 def test_checkpoints_never_unpickle_code(tmp_path) -> None:
     evil = tmp_path / "evil.pt"
     torch.save({"format": "edge-pse-checkpoint", "x": object()}, evil)  # object() needs a full unpickler

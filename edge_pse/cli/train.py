@@ -118,6 +118,4 @@ def run_distill(args: argparse.Namespace) -> int:
         if args.kd_weight not in (None, 1.0):
             raise EdgePseError(f"--noisy-only uses the teacher's output only: --kd-weight {args.kd_weight} conflicts")
         kd_weight = 1.0
-    return _run(
-        args, args.student, args.teacher, kd_weight, args.asr_loss_weight, noisy_only, args.noisy_only or None
-    )
+    return _run(args, args.student, args.teacher, kd_weight, args.asr_loss_weight, noisy_only, args.noisy_only or None)

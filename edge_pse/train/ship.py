@@ -20,6 +20,7 @@ import torch
 
 from edge_pse.model.checkpoint import SHIPPED_DIR, load_model, read_checkpoint, save_checkpoint
 from edge_pse.model.stats import model_stats
+from edge_pse.train.trainer import lineage_of
 
 FP16_MIN_SNR_DB = 60.0
 DATA_ATTRIBUTION = (
@@ -61,6 +62,7 @@ def card(
         if teacher
         else "clean targets only (no teacher)"
     )
+    stages = [_stage_line(st) for st in extra.get("lineage", [])]
     lines = [
         f"# edge-pse model card: `{name}`",
         "",
@@ -69,6 +71,7 @@ def card(
         f"Config: `{json.dumps(payload['config'])}`.",
         "",
         "## Training",
+        *(["- Started from weights trained in earlier stages (oldest first):", *stages] if stages else []),
         f"- Command: `{command}`",
         f"- Wall time: {wall} on a shared 2-core x86_64 CPU machine (no GPU).",
         f"- Steps: {extra.get('step')} x batch {tc.get('batch')} x {tc.get('seconds')} s examples; "
@@ -117,6 +120,36 @@ def card(
     return "\n".join(lines)
 
 
+def _stage_line(st: dict) -> str:
+    """One earlier training stage (edge_pse.train.trainer.lineage_of) as a card bullet."""
+    targets = f"KD from `{st['teacher']}`, kd_weight {st.get('kd_weight')}" if st.get("teacher") else "clean targets"
+    best = st.get("best_val")
+    text = (
+        f"  - `{st.get('source')}`: {st.get('step')} steps x batch {st.get('batch')} x {st.get('seconds')} s, "
+        f"lr {st.get('lr')}, seed {st.get('seed')}, {targets}"
+        + (f", best validation SI-SNRi {best:+.2f} dB" if isinstance(best, float) else "")
+    )
+    if st.get("command"):
+        text += f"; command `{st['command']}`"
+    if st.get("wall_time"):
+        text += f"; wall time {st['wall_time']}"
+    return text + "."
+
+
+def _shipped_stage_record(source: str) -> dict:
+    """Command and wall time of a shipped model, from its card: the checkpoint itself does not hold them."""
+    card_path = SHIPPED_DIR / f"{source}.md"
+    if not card_path.exists():
+        return {}
+    text = card_path.read_text()
+    out = {}
+    if m := re.search(r"^- Command: `(.+)`$", text, re.M):
+        out["command"] = m.group(1)
+    if m := re.search(r"^- Wall time: (.+?) on a ", text, re.M):
+        out["wall_time"] = m.group(1)
+    return out
+
+
 def _stored_precision(payload: dict, old_card: Path) -> tuple[bool, float]:
     """(stored as fp16, fp16-vs-fp32 output SNR) of a shipped checkpoint: measured when it was shipped, kept
     in its extra (older files: in its card); re-measuring on fp16 weights would compare fp16 with itself."""
@@ -137,6 +170,11 @@ def main() -> None:
     ap.add_argument("--command", required=True, help="the exact training command")
     ap.add_argument("--wall-time", required=True, help="measured wall time of the training run")
     ap.add_argument("--checkpoint", default="best.pt", help="which file of the run to ship")
+    ap.add_argument(
+        "--started-from",
+        help="the --init checkpoint of a run made before runs recorded it (path or shipped name): its training "
+        "stages go into the card",
+    )
     ap.add_argument("--card-only", action="store_true", help="rewrite the model card, keep the shipped weights")
     args = ap.parse_args()
     dst = SHIPPED_DIR / f"{args.name}.pt"
@@ -152,6 +190,14 @@ def main() -> None:
         snr16 = fp16_snr_db(model)
         fp16 = snr16 >= FP16_MIN_SNR_DB
         extra = {k: v for k, v in payload["extra"].items() if k != "optimizer"}
+        if args.started_from and not extra.get("lineage"):  # read before dst is replaced: it may be the source
+            _, src = load_model(args.started_from)
+            extra["lineage"] = lineage_of(src, args.started_from)
+            extra["lineage"][-1] |= _shipped_stage_record(args.started_from)
+        for stage in extra.get("lineage", []):
+            if stage.get("source") in {"tiny", "small", "teacher"} and "command" not in stage:
+                stage |= _shipped_stage_record(stage["source"])
+        payload["extra"] = extra
         extra |= {"stored_fp16": fp16, "fp16_snr_db": round(snr16, 1)}
         save_checkpoint(dst, model, payload["preset"], extra=extra, half=fp16)
     evaluation = json.loads(args.eval.read_text()) if args.eval else None

@@ -117,6 +117,7 @@ class Trainer:
         self.step = 0
         self.best = -math.inf
         self.history: list[dict] = []
+        self.lineage: list[dict] = []  # earlier training stages of the weights this run started from (--init)
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -130,6 +131,8 @@ class Trainer:
         if self.rank != 0:
             return
         extra = {"train_config": asdict(self.cfg), "step": self.step, "best_val": self.best, "history": self.history}
+        if self.lineage:
+            extra["lineage"] = self.lineage
         if with_optimizer:
             extra["optimizer"] = self.opt.state_dict()
         save_checkpoint(path or self.last_path, self.model, self.cfg.preset, extra=extra, half=half)
@@ -149,7 +152,16 @@ class Trainer:
         self.step = int(extra.get("step", 0))
         self.best = float(extra.get("best_val", -math.inf))
         self.history = list(extra.get("history", []))
+        self.lineage = list(extra.get("lineage", []))
         return True
+
+    def init_from(self, source: str | Path) -> None:
+        """Start from another checkpoint's weights (fine-tuning), keeping its training stages as lineage."""
+        model, payload = load_model(source)
+        if payload["preset"] != self.cfg.preset:
+            raise EdgePseError(f"--init {source} is a {payload['preset']} checkpoint, not {self.cfg.preset}")
+        self.model.load_state_dict(model.state_dict())
+        self.lineage = lineage_of(payload, str(source))
 
     # one step ---------------------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
@@ -289,6 +301,16 @@ class Trainer:
             log.close()
 
 
+def lineage_of(payload: dict, source: str) -> list[dict]:
+    """The training stages behind a checkpoint's weights, oldest first: its own lineage plus its last stage.
+    A model card built from a fine-tuned run then tells the whole recipe, not only the last command."""
+    extra = payload.get("extra", {})
+    tc = extra.get("train_config", {})
+    stage = {k: tc.get(k) for k in ("preset", "steps", "batch", "seconds", "lr", "seed", "teacher", "kd_weight")}
+    stage |= {"source": str(source), "step": extra.get("step"), "best_val": extra.get("best_val")}
+    return [*extra.get("lineage", []), stage]
+
+
 def run_training(cfg: TrainConfig, resume: bool = True, show_progress: bool = True, init: str | None = None) -> Trainer:
     """Entry point for the CLI; joins a torchrun process group when launched by torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -296,10 +318,7 @@ def run_training(cfg: TrainConfig, resume: bool = True, show_progress: bool = Tr
     try:
         trainer = Trainer(cfg)
         if not (resume and trainer.resume()) and init:
-            model, payload = load_model(init)
-            if payload["preset"] != cfg.preset:
-                raise EdgePseError(f"--init {init} is a {payload['preset']} checkpoint, not {cfg.preset}")
-            trainer.model.load_state_dict(model.state_dict())
+            trainer.init_from(init)
         trainer.fit(show_progress=show_progress)
         return trainer
     finally:
