@@ -28,6 +28,23 @@ def export_float(step: nn.Module, example: tuple[torch.Tensor, ...], path: Path)
     )
 
 
+def cell_state_nodes(path: Path) -> list[str]:
+    """Names of the ops on the LSTM cell-state path (Mul/Add/Tanh fed by a c input, transitively): left float,
+    as in the PT2E formats (edge_pse.quant.float_state says why)."""
+    import onnx
+
+    from edge_pse.quant.float_state import CELL_STATE
+
+    graph = onnx.load(str(path)).graph
+    marked = {i.name for i in graph.input if CELL_STATE.fullmatch(i.name)}
+    names = []
+    for node in graph.node:  # ONNX nodes are stored in topological order
+        if node.op_type in ("Mul", "Add", "Tanh") and marked.intersection(node.input):
+            marked.update(node.output)
+            names.append(node.name)
+    return names
+
+
 class _StreamingReader:
     """onnxruntime's CalibrationDataReader over the float step's real per-hop inputs and states (batch 1)."""
 
@@ -76,6 +93,7 @@ def export(
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                nodes_to_exclude=cell_state_nodes(float_path),
             )
         finally:
             float_path.unlink(missing_ok=True)

@@ -83,6 +83,7 @@ def quantized_module(step: E3NetStep, fmt: str, opts: ExportOptions, calib: Cali
     (one QAT run instead of three: on 2 shared cores each run takes many minutes).
     """
     from edge_pse.exporters import pte, tflite
+    from edge_pse.quant.float_state import with_float_cell_state
     from edge_pse.quant.ptq import quantize_ptq
 
     if opts.mode == "fp32":
@@ -93,7 +94,7 @@ def quantized_module(step: E3NetStep, fmt: str, opts: ExportOptions, calib: Cali
             return converted, None
     if fmt == "onnx":
         return step, None
-    quantizer = (pte if fmt == "pte" else tflite).quantizer()
+    quantizer = with_float_cell_state((pte if fmt == "pte" else tflite).quantizer(), step.io.input_names)
     fold = fmt == "pte"  # ExecuTorch wants int8 weight constants; litert-torch wants the Q/DQ pairs
     return quantize_ptq(step, quantizer, calib.calibration, opts.max_calibration_hops, fold), quantizer
 
@@ -102,10 +103,17 @@ def qat_run(step: E3NetStep, opts: ExportOptions, calib: CalibrationSet, qat_cac
     """(converted XNNPACK int8 graph, float step with the fine-tuned weights), computed once per export."""
     if "qat" not in qat_cache:
         from edge_pse.exporters import pte
+        from edge_pse.quant.float_state import with_float_cell_state
         from edge_pse.quant.qat import quantize_qat
 
         qat_cache["qat"] = quantize_qat(
-            step, pte.quantizer(qat=True), pte.quantizer(), calib.calibration, opts.qat_steps, opts.qat_batch, opts.seed
+            step,
+            with_float_cell_state(pte.quantizer(qat=True), step.io.input_names),
+            with_float_cell_state(pte.quantizer(), step.io.input_names),
+            calib.calibration,
+            opts.qat_steps,
+            opts.qat_batch,
+            opts.seed,
         )
     return qat_cache["qat"]
 

@@ -74,8 +74,8 @@ def card(
         *(["- Started from weights trained in earlier stages (oldest first):", *stages] if stages else []),
         f"- Command: `{command}`",
         f"- Wall time: {wall} on a shared 2-core x86_64 CPU machine (no GPU).",
-        f"- Steps: {extra.get('step')} x batch {tc.get('batch')} x {tc.get('seconds')} s examples; "
-        f"lr {tc.get('lr')}; seed {tc.get('seed')}.",
+        f"- Steps at the kept checkpoint: {extra.get('step')} x batch {tc.get('batch')} x {tc.get('seconds')} s "
+        f"examples; lr {tc.get('lr')}; seed {tc.get('seed')}.",
         f"- Targets: {targets}.",
         "- Validation SI-SNRi history (dB): "
         + ", ".join(f"{h['step']}: {h['val_si_snri_db']:+.2f}" for h in hist if "val_si_snri_db" in h),
@@ -205,8 +205,8 @@ def main() -> None:
     text = card(args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16)
     (SHIPPED_DIR / f"{args.name}.md").write_text(text)
     print(
-        f"shipped {dst} ({dst.stat().st_size / 2**20:.2f} MiB, {'fp16' if fp16 else 'fp32'}, "
-        f"fp16 SNR {snr16:.1f} dB) and {args.name}.md"
+        f"{'kept' if args.card_only else 'shipped'} {dst} ({dst.stat().st_size / 2**20:.2f} MiB, "
+        f"{'fp16' if fp16 else 'fp32'}, fp16 SNR {snr16:.1f} dB) and {args.name}.md"
     )
 
 
