@@ -1,11 +1,10 @@
 """Keep the LSTM cell state in float inside an otherwise int8 graph.
 
 The cell state c is an unbounded accumulator (c = f*c + i*g). Measured on the distilled tiny: block 0's c
-spans -47..+140 while its rms is ~7, so one int8 per-tensor scale leaves ~0.7 per step for values that
-matter at 0.1; quantizing that state alone drops the step's output to 11.5 dB SNR vs float, and the error
-feeds back every hop (docs/bundle.md). Keeping the three ops that touch c (f*c, the add, tanh(c)) and the
-state tensor itself in float costs a few elementwise ops on `width` values per block per hop; every Linear
-(all of the MACs) stays int8.
+spans -47..+140 while its rms is ~7, so one int8 per-tensor scale has a step of ~0.7, and the rounding error
+feeds back every hop. Quantizing that state alone drops the step's output to 11.5 dB SNR vs float
+(docs/bundle.md). The ops fed by c (f*c, the add, tanh(c), o*tanh(c)) and the state tensor itself stay
+float: four elementwise ops on `width` values per block and hop. Every Linear (all of the MACs) stays int8.
 """
 
 from __future__ import annotations
