@@ -61,6 +61,17 @@ def test_resume_gives_the_same_next_step(datasets, tmp_path) -> None:
         assert torch.allclose(pa, pb, atol=1e-6)
 
 
+def test_resuming_under_other_settings_is_refused(datasets, tmp_path) -> None:
+    a = make_trainer(datasets, tmp_path / "a", steps=10)
+    a.train_step()
+    a.save()
+    longer = make_trainer(datasets, tmp_path / "b", steps=20, threads=1)  # more steps: the run continues
+    assert longer.resume(tmp_path / "a" / "last.pt") and longer.step == 1
+    other = make_trainer(datasets, tmp_path / "c", steps=10, seed=3)
+    with pytest.raises(EdgePseError, match=r"other settings \(seed 0 -> 3\).*--no-resume"):
+        other.resume(tmp_path / "a" / "last.pt")
+
+
 def test_fit_writes_checkpoints_and_distillation_uses_the_teacher(datasets, tmp_path) -> None:
     teacher = make_trainer(datasets, tmp_path / "t", steps=2, val_every=2)
     teacher.fit(show_progress=False)

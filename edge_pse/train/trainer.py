@@ -27,6 +27,21 @@ from edge_pse.model.config import get_preset
 from edge_pse.model.e3net import E3Net
 from edge_pse.train.losses import enhancement_loss, si_snr
 
+# settings that define what a run trains; resuming a run under different ones is refused (steps may grow,
+# threads and validation cadence may change)
+RUN_DEFINING = (
+    "preset",
+    "teacher",
+    "kd_weight",
+    "batch",
+    "seconds",
+    "lr",
+    "warmup",
+    "seed",
+    "asr_weight",
+    "noisy_only",
+)
+
 
 @dataclass
 class TrainConfig:
@@ -147,6 +162,17 @@ class Trainer:
             raise EdgePseError(f"{path} is not a {self.cfg.preset} edge-pse checkpoint")
         self.model.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
         extra = payload.get("extra", {})
+        saved = extra.get("train_config", {})
+        changed = [
+            f"{k} {saved[k]!r} -> {getattr(self.cfg, k)!r}"
+            for k in RUN_DEFINING
+            if k in saved and saved[k] != getattr(self.cfg, k)
+        ]
+        if changed:  # continuing silently would train a mix of two recipes under the new command's name
+            raise EdgePseError(
+                f"{path} belongs to a run with other settings ({', '.join(changed)}): rerun with its settings to "
+                "continue it, pass --no-resume to start over, or choose another --out"
+            )
         if "optimizer" in extra:
             self.opt.load_state_dict(extra["optimizer"])
         self.step = int(extra.get("step", 0))
@@ -317,7 +343,14 @@ def run_training(cfg: TrainConfig, resume: bool = True, show_progress: bool = Tr
         dist.init_process_group("gloo")
     try:
         trainer = Trainer(cfg)
-        if not (resume and trainer.resume()) and init:
+        if resume and trainer.resume():
+            started_from = trainer.lineage[-1]["source"] if trainer.lineage else None
+            if init and started_from != str(init):
+                raise EdgePseError(
+                    f"{trainer.last_path} was not started from --init {init} (its start: {started_from or 'scratch'})"
+                    ": pass --no-resume to start over, or choose another --out"
+                )
+        elif init:
             trainer.init_from(init)
         trainer.fit(show_progress=show_progress)
         return trainer
