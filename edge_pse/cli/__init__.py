@@ -14,6 +14,7 @@ from edge_pse.errors import EdgePseError
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("edge_pse.cli.models", "print the E3Net presets: parameters, MACs per hop, weight bytes, latency"),
     "enroll": ("edge_pse.cli.enroll", "turn enrollment speech into a speaker profile (.spk)"),
+    "synth-speakers": ("edge_pse.cli.synth_speakers", "add espeak-ng speakers to a data root for training"),
     "train": ("edge_pse.cli.train", "train an E3Net (e.g. the teacher) on mixtures made on the fly"),
     "distill": ("edge_pse.cli.distill", "distil a student from a teacher (knowledge distillation)"),
     "evaluate": ("edge_pse.cli.evaluate", "metrics per condition for a checkpoint on a held-out set"),
