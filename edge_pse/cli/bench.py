@@ -72,7 +72,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _teacher(arg: str) -> str | None:
-
     if arg == "none":
         return None
     if arg == "auto":

@@ -23,20 +23,17 @@ def cell_state_inputs(input_names: list[str]) -> set[int]:
     return {k for k, name in enumerate(input_names) if CELL_STATE.fullmatch(name)}
 
 
-def strip_cell_state_annotations(model: torch.fx.GraphModule, c_inputs: set[int]) -> int:
+def strip_cell_state_annotations(model: torch.fx.GraphModule, c_inputs: set[int]) -> None:
     """Remove the quantization annotations of every op fed (directly or through such ops) by a cell-state
-    input, so prepare_pt2e leaves them float. Returns how many ops were left float."""
+    input, so prepare_pt2e leaves them float."""
     placeholders = [n for n in model.graph.nodes if n.op == "placeholder"]
     marked = {placeholders[k] for k in c_inputs}
-    stripped = 0
     for node in model.graph.nodes:
         if node.op != "call_function" or node.target not in _FLOAT_OPS:
             continue
         if any(isinstance(a, torch.fx.Node) and a in marked for a in node.args):
             marked.add(node)
-            if node.meta.pop(_ANNOTATION, None) is not None:
-                stripped += 1
-    return stripped
+            node.meta.pop(_ANNOTATION, None)
 
 
 def with_float_cell_state(quantizer, input_names: list[str]):

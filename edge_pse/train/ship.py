@@ -193,7 +193,6 @@ def main() -> None:
         if args.started_from and not extra.get("lineage"):  # read before dst is replaced: it may be the source
             _, src = load_model(args.started_from)
             extra["lineage"] = lineage_of(src, args.started_from)
-            extra["lineage"][-1] |= _shipped_stage_record(args.started_from)
         for stage in extra.get("lineage", []):
             if stage.get("source") in {"tiny", "small", "teacher"} and "command" not in stage:
                 stage |= _shipped_stage_record(stage["source"])

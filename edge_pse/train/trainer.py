@@ -160,7 +160,6 @@ class Trainer:
         payload = read_checkpoint(path)
         if payload.get("format") != FORMAT or payload.get("preset") != self.cfg.preset:
             raise EdgePseError(f"{path} is not a {self.cfg.preset} edge-pse checkpoint")
-        self.model.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
         extra = payload.get("extra", {})
         saved = extra.get("train_config", {})
         changed = [
@@ -173,6 +172,7 @@ class Trainer:
                 f"{path} belongs to a run with other settings ({', '.join(changed)}): rerun with its settings to "
                 "continue it, pass --no-resume to start over, or choose another --out"
             )
+        self.model.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
         if "optimizer" in extra:
             self.opt.load_state_dict(extra["optimizer"])
         self.step = int(extra.get("step", 0))
