@@ -6,7 +6,7 @@ Model (a roofline for batch-1 streaming): the weights are read once per hop, so 
 where compute = MACs / (MACs-per-cycle x clock x efficiency) and the weight traffic comes from the smallest
 cache level that holds all weights (they stay resident between hops when they fit), else from DRAM. Every
 output of this module is a PREDICTION and says so; the measured figures are shown beside it.
-Torch-free: the MAC/parameter arithmetic below mirrors edge_pse.model (tested against `edge-pse models`).
+Torch-free: the MAC/parameter arithmetic is edge_pse.model.costs (tested against `edge-pse models`).
 """
 
 from __future__ import annotations
@@ -14,29 +14,10 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from edge_pse.model.costs import config_costs
+
 SPECS = Path(__file__).with_name("device_specs.toml")
 LABEL = "PREDICTION (cost model from published figures, not a measurement)"
-
-
-def config_costs(cfg: dict) -> dict:
-    """Parameters, Linear MACs per hop and weight bytes of an E3Net config (E3NetConfig.to_dict() keys).
-
-    Linear layers of one step: encoder N x window, fusion (N + D) x W, per block two feed-forward
-    projections W x F and F x W and eight LSTM gates W x W, mask W x N, decoder N x window.
-    """
-    n, w, k, f, d = (int(cfg[key]) for key in ("n_filters", "width", "n_blocks", "ff_dim", "spk_dim"))
-    win = int(cfg.get("window", 2 * int(cfg.get("hop", 160))))
-    macs = win * n + (n + d) * w + k * (2 * w * f + 8 * w * w) + w * n + n * win
-    # 32-bit parameters besides Linear weights, in the step (LSTM biases merged) and in the model (two LSTM biases)
-    step_small = 5 * n + 4 * w + k * (2 * f + 12 * w)
-    model_small = step_small + k * 4 * w
-    return {
-        "params": macs + model_small,
-        "macs_per_hop": macs,
-        "fp32_bytes": 4 * (macs + model_small),
-        "int8_bytes": macs + 4 * step_small,
-        "operators": 10 + k * 24,  # Linear, add, activations and LayerNorms of one step (order of magnitude)
-    }
 
 
 def load_specs(path: str | Path = SPECS) -> dict[str, dict]:

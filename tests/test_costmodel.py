@@ -23,7 +23,8 @@ def models_json() -> list[dict]:
 
 def test_config_arithmetic_matches_the_counted_model(models_json) -> None:
     for row in models_json:
-        cfg = {k: row[k] for k in ("n_filters", "width", "n_blocks", "ff_dim")} | {"spk_dim": 256, "hop": 160}
+        keys = ("n_filters", "width", "n_blocks", "ff_dim", "conditioning")
+        cfg = {k: row[k] for k in keys} | {"spk_dim": 256, "hop": 160}
         got = config_costs(cfg)
         for key in ("params", "macs_per_hop", "fp32_bytes", "int8_bytes"):
             assert got[key] == row[key], (row["name"], key)

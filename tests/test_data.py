@@ -87,3 +87,76 @@ def test_procedural_noise_and_rooms() -> None:
     assert np.abs(rir).max() == pytest.approx(1.0) and np.abs(rir[:160]).max() > 0.5  # direct sound first
     # energy decays: the last 100 ms hold far less than the first 100 ms
     assert np.sum(rir[:1600] ** 2) > 100 * np.sum(rir[-1600:] ** 2)
+
+
+def test_every_example_carries_the_d_vector_of_its_own_enrollment_clip(train_ds) -> None:
+    """A training row with another speaker's embedding teaches a speaker-blind model: check it end to end."""
+    from edge_pse.enroll.dvector import embed
+
+    for i in (0, 5, 11):
+        ex = train_ds[i]
+        assert float(np.dot(embed(ex.enroll), ex.embedding)) > 0.9999
+        a, b = train_ds.pair(i)
+        for row in (a, b):
+            assert float(np.dot(embed(row.enroll), row.embedding)) > 0.9999
+
+
+def test_dual_target_pair_is_one_mixture_with_each_talker_as_the_target(train_ds) -> None:
+    for i in range(6):
+        a, b = train_ds.pair(i)
+        assert np.array_equal(a.mixture, b.mixture)
+        assert a.meta["speaker"] == b.meta["interferer"] and b.meta["speaker"] == a.meta["interferer"]
+        assert a.meta["speaker"] != b.meta["speaker"]
+        # A -> A and B -> B: the mixture is exactly the two targets, each row's target is its own speaker's
+        np.testing.assert_allclose(a.mixture, a.target + b.target, atol=1e-6)
+        assert not np.allclose(a.target, b.target)
+        assert not np.array_equal(a.embedding, b.embedding)
+        spk_a = next(s for s in train_ds.sources.speakers if s.id == a.meta["speaker"])
+        u, start = a.meta["target"]
+        seg = spk_a.utterances[u][start : start + len(a.target)]
+        assert abs(np.corrcoef(seg, a.target[: len(seg)])[0, 1]) > 0.999
+        u_e, start_e = a.meta["enroll"]  # the enrollment (whose d-vector the row carries) is A's own audio
+        assert np.array_equal(spk_a.utterances[u_e][start_e : start_e + len(a.enroll)], a.enroll)
+        # symmetric SIR, same magnitude seen from both sides
+        lo, hi = train_ds.cfg.pair_sir_db
+        assert lo - 0.1 <= _snr(a.target, b.target) <= hi + 0.1
+        assert a.meta["sir_db"] == -b.meta["sir_db"]
+        pa = train_ds.pair(i)[0]
+        assert np.array_equal(pa.mixture, a.mixture)  # deterministic
+
+
+def test_pseudo_speakers_are_new_voices_never_paired_with_their_original(synthetic_root, tmp_path) -> None:
+    cfg = MixtureConfig(seconds=2.0, enroll_seconds=3.0, pseudo_speakers=(0.85, 1.15), enroll_crops=2)
+    ds = MixtureDataset(synthetic_root, "train", seed=1, cfg=cfg, cache_dir=tmp_path)
+    n = len(ds.base) // 3
+    assert len(ds.sources.speakers) == 3 * n and ds.base[n] == 0 and ds.base[2 * n] == 0
+    assert ds.sources.speakers[n].id.endswith("@0.85")
+    # pitch and tempo move: the 0.85 copy is 1/0.85 times as long
+    assert abs(len(ds.sources.speakers[n].utterances[0]) / len(ds.sources.speakers[0].utterances[0]) - 1 / 0.85) < 0.01
+    # two crops per utterance end: four enrollment clips per speaker
+    assert len(ds._options[0]) == 4
+    base_of = {s.id: ds.base[k] for k, s in enumerate(ds.sources.speakers)}
+    for i in range(40):
+        a, b = ds.pair(i)
+        assert base_of[a.meta["speaker"]] != base_of[b.meta["speaker"]]
+        ex = ds[i]
+        if "interferer" in ex.meta:
+            assert base_of[ex.meta["speaker"]] != base_of[ex.meta["interferer"]]
+
+
+def test_partial_absence_silences_one_end_of_the_target(train_ds) -> None:
+    from dataclasses import replace
+
+    ds = MixtureDataset(
+        "",
+        "train",
+        seed=2,
+        cfg=replace(train_ds.cfg, partial_absence_prob=1.0),
+        sources=train_ds.sources,
+        conditions=("noise",),
+    )
+    for i in range(4):
+        ex = ds[i]
+        kind, k = ex.meta["absence"].rsplit("-", 1)
+        silent = ex.target[: int(k)] if kind == "silent-head" else ex.target[int(k) :]
+        assert not silent.any() and np.abs(ex.target).max() > 0 and np.abs(ex.mixture).max() > 0

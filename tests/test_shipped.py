@@ -8,6 +8,7 @@ import pytest
 
 from edge_pse.bundle import Bundle, sha256_file
 from edge_pse.model.checkpoint import SHIPPED_DIR, load_model
+from edge_pse.model.config import E3NetConfig
 
 BUNDLES = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles"
 SHIPPED = sorted(p.stem for p in SHIPPED_DIR.glob("*.pt"))
@@ -20,7 +21,7 @@ def test_the_default_student_is_shipped() -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_loads_and_has_a_model_card(name: str) -> None:
     model, payload = load_model(name)
-    assert payload["preset"] == name and model.cfg.to_dict() == payload["config"]
+    assert payload["preset"] == name and model.cfg == E3NetConfig.from_dict(payload["config"])
     card = (SHIPPED_DIR / f"{name}.md").read_text()
     assert "Command:" in card and "Measured quality" in card
 

@@ -21,9 +21,8 @@ def datasets(synthetic_root, tmp_path_factory):
 
 def make_trainer(datasets, out, **kw) -> Trainer:
     torch.set_num_threads(1)
-    cfg = TrainConfig(
-        preset="tiny", data="", out=str(out), batch=4, seconds=1.0, warmup=1, lr=2e-3, val_examples=8, **kw
-    )
+    kw = {"batch": 4, **kw}
+    cfg = TrainConfig(preset="tiny", data="", out=str(out), seconds=1.0, warmup=1, lr=2e-3, val_examples=8, **kw)
     return Trainer(cfg, train_ds=datasets[0], val_ds=datasets[1])
 
 
@@ -150,3 +149,73 @@ def test_distill_on_noisy_recordings_without_references(synthetic_root, tmp_path
     assert main(_distill(synthetic_root, tmp_path / "bad", "--noisy-only", str(tmp_path / "missing"))) == 2
     err = capsys.readouterr().err
     assert "is not a folder" in err and "Traceback" not in err
+
+
+def test_pse_recipe_batches_pairs_then_brings_the_other_conditions_back(datasets, tmp_path) -> None:
+    trainer = make_trainer(datasets, tmp_path, steps=100, recipe="pse", batch=8)
+    exs, keys = trainer.batch_at(0)  # the two-talker stage: every row is half of a dual-target pair
+    assert len(exs) == 8 and keys == [k for k in keys[::2] for _ in (0, 1)]
+    for a, b in zip(exs[::2], exs[1::2], strict=True):
+        assert a.mixture.tobytes() == b.mixture.tobytes() and a.meta["speaker"] == b.meta["interferer"]
+        assert a.condition == "interferer" and "noise" not in a.meta
+    exs, _ = trainer.batch_at(90)  # the last stage: half pairs, half single examples of the full mix
+    assert sum("pair" in e.meta for e in exs) == 4
+    assert trainer.recipe.stage_at(90, 100).name == "full" and trainer.recipe.stage_at(10, 100).name == "two-talker"
+
+
+def test_validation_reports_the_swapped_speaker_and_the_gap(datasets, tmp_path) -> None:
+    trainer = make_trainer(datasets, tmp_path, steps=2, val_every=2, val_pairs=4)
+    trainer.fit(show_progress=False)
+    rec = trainer.history[-1]
+    assert {"val_right_db", "val_swap_db", "val_gap_db", "val_mix_db"} <= set(rec)
+    assert rec["val_gap_db"] == pytest.approx(rec["val_right_db"] - rec["val_swap_db"], abs=2e-3)
+
+
+def test_stop_at_leaves_a_run_that_resumes_on_its_schedule(datasets, tmp_path) -> None:
+    first = make_trainer(datasets, tmp_path, steps=6, val_every=100, stop_at=4)
+    first.fit(show_progress=False)
+    assert first.step == 4
+    rest = make_trainer(datasets, tmp_path, steps=6, val_every=100)
+    assert rest.resume() and rest.step == 4
+    rest.fit(show_progress=False)
+    assert rest.step == 6
+
+
+def test_conditioning_is_part_of_the_run(datasets, tmp_path) -> None:
+    film = make_trainer(datasets, tmp_path / "a", steps=2)
+    assert film.model.cfg.conditioning == "film"  # the presets' default
+    film.save()
+    concat = make_trainer(datasets, tmp_path / "b", steps=2, conditioning="concat")
+    with pytest.raises(EdgePseError, match="film-conditioned tiny, this run trains concat"):
+        concat.resume(tmp_path / "a" / "last.pt")
+    with pytest.raises(EdgePseError, match="--conditioning concat to fine-tune it"):
+        make_trainer(datasets, tmp_path / "c", steps=2).init_from("tiny")  # the shipped tiny predates FiLM
+    # the standardisation comes from the training speakers' d-vectors and is saved with the weights
+    emb = torch.from_numpy(__import__("numpy").concatenate(datasets[0]._embeddings))
+    assert torch.allclose(film.model.spk_mean, emb.mean(0))
+
+
+def test_sigterm_stops_a_cli_run_cleanly_and_it_resumes(synthetic_root, tmp_path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edge_pse", "train", "--preset", "tiny", "--data", str(synthetic_root)]
+    cmd += ["--out", str(out), "--steps", "100000", "--batch", "2", "--seconds", "1", "--threads", "1"]
+    env = os.environ | {"HOME": str(tmp_path)}  # its own d-vector cache
+    proc = subprocess.Popen([*cmd, "--val-every", "100000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    _, payload = load_model(out / "last.pt")
+    stopped = payload["extra"]["step"]  # saved at the step it stopped on, not at the last heartbeat
+    assert stopped >= json.loads(log.read_text().splitlines()[-1])["step"] >= 50
+    assert f"step {stopped}," in stdout.decode()

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="E3Net presets (16 kHz, 10 ms hop)")
-    for col in ("preset", "N", "width", "blocks", "FF", "params", "MACs/hop", "fp32", "int8", "latency"):
+    for col in ("preset", "N", "width", "blocks", "FF", "speaker", "params", "MACs/hop", "fp32", "int8", "latency"):
         table.add_column(col, justify="left" if col == "preset" else "right")
     for r in rows:
         table.add_row(
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
             str(r.width),
             str(r.n_blocks),
             str(r.ff_dim),
+            r.conditioning,
             f"{r.params / 1e6:.3f} M",
             f"{r.macs_per_hop / 1e6:.3f} M",
             f"{r.fp32_bytes / 2**20:.2f} MiB",

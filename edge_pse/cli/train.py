@@ -18,6 +18,18 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument(
+        "--recipe",
+        default="standard",
+        help="training mixtures by stage (train/recipes.py): 'pse' teaches the speaker (two-talker dual-target "
+        "pairs, then noise, rooms and target absence); 'standard' is the first models' mix",
+    )
+    p.add_argument(
+        "--conditioning",
+        choices=("concat", "standardised", "film", "mul"),
+        help="override the preset's speaker conditioning (presets: film)",
+    )
+    p.add_argument("--stop-at", type=int, default=0, metavar="STEP", help="stop (resumable) at this step")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,10 +110,14 @@ def _run(
         asr_weight=asr_weight,
         noisy_only=noisy_only,
         noisy_dir=noisy_dir,
+        recipe=args.recipe,
+        conditioning=args.conditioning,
+        stop_at=args.stop_at,
     )
     trainer = run_training(cfg, resume=not args.no_resume, init=args.init)
     if trainer.rank == 0:
-        print(f"{preset}: step {trainer.step}, best validation SI-SNRi {trainer.best:+.2f} dB -> {args.out}/best.pt")
+        best = f"best validation SI-SNRi {trainer.best:+.2f} dB" if trainer.history else "not validated yet"
+        print(f"{preset}: step {trainer.step}, {best} -> {args.out}/last.pt (resumable)")
     return 0
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soxr
 from scipy import signal
 
 from edge_pse.data.sources import SAMPLE_RATE, Sources, Speaker, audio_files, load_audio, load_sources
@@ -37,10 +38,24 @@ class MixtureConfig:
     procedural_noise_prob: float = 0.3  # else a recorded noise file
     simulated_room_prob: float = 0.5  # else a measured RIR (when the split has any)
     early_ms: float = 50.0  # the reverberant target keeps direct sound + this much of the room
+    # speaker variety (training): speed-perturbed copies of every speaker as new speakers (factors; a copy is
+    # never paired with its own original), and enrollment crops per utterance end (head and tail each)
+    pseudo_speakers: tuple[float, ...] = ()
+    enroll_crops: int = 1
+    # dual-target two-talker pairs (MixtureDataset.pair): symmetric SIR, optional noise and room, and partial
+    # absence (the target silent over the first or last part of the clip, the other talker going on)
+    pair_sir_db: tuple[float, float] = (-5.0, 5.0)
+    pair_noise_prob: float = 0.0
+    pair_reverb_prob: float = 0.0
+    partial_absence_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(CONDITIONS) or min(self.weights) < 0 or sum(self.weights) <= 0:
             raise ValueError(f"weights must be {len(CONDITIONS)} non-negative numbers, one per condition")
+        if any(not 0.5 <= f <= 2.0 or f == 1.0 for f in self.pseudo_speakers):
+            raise ValueError("pseudo-speaker factors must be within [0.5, 2] and not 1")
+        if self.enroll_crops < 1:
+            raise ValueError("enroll_crops must be >= 1")
 
 
 @dataclass
@@ -73,6 +88,29 @@ def _reverb(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
     return signal.fftconvolve(x, rir)[: len(x)].astype(np.float32)
 
 
+def speed_perturbed(sources: Sources, factors: tuple[float, ...]) -> tuple[Sources, list[int]]:
+    """Sources plus a copy of every speaker per factor (resampled: pitch and tempo x factor, a new voice to the
+    d-vector at 0.85/1.15), and each speaker's original index, so that a copy is never paired with itself."""
+    speakers, base = list(sources.speakers), list(range(len(sources.speakers)))
+    for f in factors:
+        for s, spk in enumerate(sources.speakers):
+            utts = [soxr.resample(u, SAMPLE_RATE, SAMPLE_RATE / f).astype(np.float32) for u in spk.utterances]
+            speakers.append(Speaker(f"{spk.id}@{f:g}", utts))
+            base.append(s)
+    return Sources(speakers, sources.noises, sources.rirs), base
+
+
+def _partial_absence(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Silence the first or last 25-75 % of x: the target stops or starts talking inside the clip."""
+    k = int(len(x) * rng.uniform(0.25, 0.75))
+    x = x.copy()
+    if rng.random() < 0.5:
+        x[:k] = 0.0
+        return x, f"silent-head-{k}"
+    x[k:] = 0.0
+    return x, f"silent-tail-{k}"
+
+
 class MixtureDataset:
     """Examples of one split of a data root; `ds[i]` is deterministic in (seed, i)."""
 
@@ -91,6 +129,9 @@ class MixtureDataset:
         self.cfg = cfg or MixtureConfig()
         self.split, self.seed, self.length = split, seed, length
         self.sources = sources or load_sources(root, split, max_speakers)
+        self.base = list(range(len(self.sources.speakers)))  # each speaker's original (pseudo-speakers)
+        if self.cfg.pseudo_speakers:
+            self.sources, self.base = speed_perturbed(self.sources, self.cfg.pseudo_speakers)
         if conditions is not None:
             unknown = set(conditions) - set(CONDITIONS)
             if unknown:
@@ -111,15 +152,17 @@ class MixtureDataset:
     # enrollment: per speaker, a few fixed clips whose d-vectors are computed once and cached
     def _enroll_options(self) -> list[list[tuple[int, int]]]:
         """Per speaker: (utterance index, start sample) of each enrollment clip: the head and tail of each
-        utterance, so that what is left of it (the middle and the other end) serves as target speech."""
+        utterance (shifted by 0.5 s per extra crop), so that what is left of it serves as target speech."""
         options = []
+        shift = SAMPLE_RATE // 2
         for spk in self.sources.speakers:
             opts = []
-            # with one utterance, it must hold an enrollment clip and at least half a target segment
-            need = self.n_enroll + (self.n // 2 if len(spk.utterances) == 1 else 0)
             for u, utt in enumerate(spk.utterances):
-                if len(utt) >= need:
-                    opts += [(u, 0), (u, len(utt) - self.n_enroll)]
+                for c in range(self.cfg.enroll_crops):
+                    # with one utterance, it must hold an enrollment clip and at least half a target segment
+                    need = self.n_enroll + c * shift + (self.n // 2 if len(spk.utterances) == 1 else 0)
+                    if len(utt) >= need:
+                        opts += [(u, c * shift), (u, len(utt) - self.n_enroll - c * shift)]
             options.append(opts)
         return options
 
@@ -169,12 +212,20 @@ class MixtureDataset:
         if others:
             u = others[int(rng.integers(len(others)))]
             lo, hi = 0, len(spk.utterances[u])
-        else:  # the part of the utterance on the other side of the enrollment clip
+        else:  # the longer part of the utterance beside the enrollment clip
             u = u_enr
-            lo, hi = (self.n_enroll, len(spk.utterances[u])) if start_enr == 0 else (0, start_enr)
+            after = len(spk.utterances[u]) - (start_enr + self.n_enroll)
+            lo, hi = (start_enr + self.n_enroll, len(spk.utterances[u])) if after >= start_enr else (0, start_enr)
         start = lo + _window(hi - lo, self.n, rng)
         seg = spk.utterances[u][start : min(hi, start + self.n)]
         return np.pad(seg, (0, self.n - len(seg))), u, start
+
+    def _other(self, s: int, candidates, rng: np.random.Generator) -> int:
+        """A random speaker among `candidates` that is neither s nor a speed-perturbed copy of s's original
+        (candidates are walked from s + 1 on, so that without pseudo-speakers the draw is the original one)."""
+        order = sorted(candidates, key=lambda c: (c - s - 1) % len(self.sources.speakers))
+        pool = [c for c in order if self.base[c] != self.base[s]]
+        return int(pool[int(rng.integers(len(pool)))])
 
     def _noise(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         if not self.sources.noises or rng.random() < self.cfg.procedural_noise_prob:
@@ -211,6 +262,8 @@ class MixtureDataset:
         }
         target = target.astype(np.float32)
         target *= 10 ** (rng.uniform(*cfg.level_dbfs) / 20) / _rms(target)
+        if condition != "absent" and cfg.partial_absence_prob and rng.random() < cfg.partial_absence_prob:
+            target, meta["absence"] = _partial_absence(target, rng)  # levels stay set by the whole clip
         ref = target
 
         reverberant = condition == "reverberant"
@@ -225,7 +278,7 @@ class MixtureDataset:
             target = _reverb(target, rir)
         mixture = np.zeros_like(target) if condition == "absent" else target.copy()
         if with_talker:
-            s2 = int((s + 1 + rng.integers(n_spk - 1)) % n_spk)  # any other speaker
+            s2 = self._other(s, range(n_spk), rng)
             spk2 = self.sources.speakers[s2]
             talker = _crop(spk2.utterances[int(rng.integers(len(spk2.utterances)))], self.n, rng)
             if reverberant:
@@ -252,6 +305,62 @@ class MixtureDataset:
             condition,
             meta,
         )
+
+    def pair(self, i: int) -> tuple[Example, Example]:
+        """A dual-target pair: one mixture of two enrolled talkers A and B, once with A's enrollment and A as the
+        target, once with B's. The same input must give two different outputs, so passing both voices (the
+        hedge a speaker-blind model settles on) is wrong for both rows. Deterministic in (seed, i), apart from
+        __getitem__'s examples (another stream of the same seed)."""
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        cfg = self.cfg
+        rng = np.random.default_rng([self.seed, i, 2])
+        a = self.targets[int(rng.integers(len(self.targets)))]
+        b = self._other(a, self.targets, rng)
+        level = rng.uniform(*cfg.level_dbfs)
+        sir = rng.uniform(*cfg.pair_sir_db)  # A over B, symmetric: loudness says nothing about the target
+        reverberant = rng.random() < cfg.pair_reverb_prob
+        room = self._rir(rng) if reverberant else None
+        dry, wet, refs, metas = [], [], [], []
+        for s, gain_db in ((a, level), (b, level - sir)):
+            o = int(rng.integers(len(self._options[s])))
+            seg, utt, start = self._target_segment(s, o, rng)
+            seg = seg.astype(np.float32) * (10 ** (gain_db / 20) / _rms(seg))
+            meta = {"speaker": self.sources.speakers[s].id, "target": [utt, start], "enroll": list(self._options[s][o])}
+            if cfg.partial_absence_prob and rng.random() < cfg.partial_absence_prob:
+                seg, meta["absence"] = _partial_absence(seg, rng)
+            ref = seg
+            if room is not None:  # one room, one impulse response per talker position
+                rir = room[0] if s == a else self._rir(rng)[0]
+                ref = _reverb(seg, rir[: int(cfg.early_ms * SAMPLE_RATE / 1000)])
+                seg = _reverb(seg, rir)
+                meta["room"] = room[1]
+            dry.append((s, o))
+            wet.append(seg)
+            refs.append(ref)
+            metas.append(meta)
+        mixture = wet[0] + wet[1]
+        extra: dict = {}
+        if rng.random() < cfg.pair_noise_prob:
+            noise, extra["noise"] = self._noise(rng)
+            snr = rng.uniform(*cfg.snr_db)  # against the louder talker
+            mixture = mixture + noise * (max(_rms(wet[0]), _rms(wet[1])) / _rms(noise) / 10 ** (snr / 20))
+            extra["snr_db"] = round(float(snr), 2)
+        scale = min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
+        mixture = (mixture * scale).astype(np.float32)
+        out = []
+        for k, ((s, o), ref, meta) in enumerate(zip(dry, refs, metas, strict=True)):
+            other = metas[1 - k]["speaker"]
+            sir_k = sir if k == 0 else -sir
+            meta |= extra | {"interferer": other, "sir_db": round(float(sir_k), 2), "pair": i}
+            cond = "interferer" if "noise" not in extra else "both"
+            target = (ref * scale).astype(np.float32)
+            if not np.any(target):
+                cond = "absent"
+            out.append(
+                Example(mixture, target, self._enroll_clip(s, o), self._embeddings[s][o].astype(np.float32), cond, meta)
+            )
+        return out[0], out[1]
 
 
 class RecordingDataset(MixtureDataset):

@@ -11,6 +11,14 @@ from dataclasses import asdict, dataclass, field
 SAMPLE_RATE = 16_000
 HOP = 160  # 10 ms at 16 kHz
 WINDOW = 2 * HOP  # the encoder's kernel: 20 ms, which is also the algorithmic latency
+# How the speaker embedding enters the network (docs/training.md has the measurements):
+# concat: the raw d-vector concatenated to every frame before the fusion layer (the paper; the first shipped
+#   models). At this project's data scale it enters at 1.5-4 % of the feature scale and the models ignore it.
+# standardised: the same, after a constant per-dimension standardisation by the training population's d-vectors.
+# film: standardised, plus a zero-initialised FiLM (per-channel scale and shift from the embedding) in front of
+#   every LSTM block, so every block is told whom to keep.
+# mul: standardised, plus a zero-initialised multiplicative adaptation (scale only) in front of every block.
+CONDITIONINGS = ("concat", "standardised", "film", "mul")
 
 
 @dataclass(frozen=True)
@@ -25,8 +33,11 @@ class E3NetConfig:
     hop: int = HOP
     window: int = WINDOW
     sample_rate: int = SAMPLE_RATE
+    conditioning: str = "concat"  # a checkpoint without the key predates the others (CONDITIONINGS)
 
     def __post_init__(self) -> None:
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; choose from {', '.join(CONDITIONINGS)}")
         if self.window != 2 * self.hop:
             raise ValueError("E3Net's streaming form assumes a window of exactly two hops")
         for name in ("n_filters", "width", "n_blocks", "ff_dim", "spk_dim", "hop"):
@@ -43,7 +54,17 @@ class E3NetConfig:
         """Samples by which the model's output stream lags its input stream."""
         return self.hop
 
-    def to_dict(self) -> dict[str, int]:
+    @property
+    def standardised(self) -> bool:
+        """Whether the embedding is standardised by the training population's statistics (kept as buffers)."""
+        return self.conditioning != "concat"
+
+    @property
+    def per_block(self) -> bool:
+        """Whether every LSTM block gets its own speaker adaptation (film or mul)."""
+        return self.conditioning in ("film", "mul")
+
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
     @classmethod
@@ -58,10 +79,11 @@ class E3NetConfig:
 # Sizes were chosen from `edge-pse models` (see README): `teacher` is the paper's size, `small` is ~2.6x
 # cheaper per hop (the paper's students are 2-4x), `tiny` stays under 0.5 M parameters so its int8 weights
 # fit in a Raspberry Pi 4's 1 MiB L2 cache. N is shrunk hardest: ~1/3 of the teacher's weights are N-sized.
+# New models are FiLM-conditioned (the first shipped ones were `concat` and did not use the speaker).
 PRESETS: dict[str, E3NetConfig] = {
-    "teacher": E3NetConfig(n_filters=2048, width=256, n_blocks=4, ff_dim=1024),
-    "small": E3NetConfig(n_filters=1024, width=192, n_blocks=3, ff_dim=512),
-    "tiny": E3NetConfig(n_filters=256, width=96, n_blocks=2, ff_dim=192),
+    "teacher": E3NetConfig(n_filters=2048, width=256, n_blocks=4, ff_dim=1024, conditioning="film"),
+    "small": E3NetConfig(n_filters=1024, width=192, n_blocks=3, ff_dim=512, conditioning="film"),
+    "tiny": E3NetConfig(n_filters=256, width=96, n_blocks=2, ff_dim=192, conditioning="film"),
 }
 
 

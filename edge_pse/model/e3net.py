@@ -58,6 +58,30 @@ class LSTMBlock(nn.Module):
         return self.out_norm(x + self.lstm_norm(y))
 
 
+class SpeakerAdaptation(nn.Module):
+    """Per-channel scale (and, for FiLM, shift) of a block's input, computed from the standardised embedding.
+
+    Zero-initialised, so a fresh adaptation is the identity and training starts from the plain E3Net. At run
+    time the step computes it from the embedding like any Linear (per hop; a handful of MACs per channel).
+    """
+
+    def __init__(self, spk_dim: int, width: int, shift: bool) -> None:
+        super().__init__()
+        self.scale = nn.Linear(spk_dim, width)
+        self.shift = nn.Linear(spk_dim, width) if shift else None
+        for lin in (self.scale, self.shift):
+            if lin is not None:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x[B,F,W] adapted by z[B,D] (broadcast over frames)."""
+        out = x * (1 + self.scale(z)).unsqueeze(1)
+        if self.shift is not None:
+            out = out + self.shift(z).unsqueeze(1)
+        return out
+
+
 class E3Net(nn.Module):
     """Personalized speech enhancement on raw 16 kHz audio, conditioned on a speaker embedding.
 
@@ -78,6 +102,14 @@ class E3Net(nn.Module):
         self.fusion = nn.Linear(n + cfg.spk_dim, w)
         self.fusion_act = PReLU(w)
         self.fusion_norm = nn.LayerNorm(w)
+        if cfg.standardised:  # the training population's d-vector statistics (set_speaker_stats); folded at export
+            self.register_buffer("spk_mean", torch.zeros(cfg.spk_dim))
+            self.register_buffer("spk_std", torch.ones(cfg.spk_dim))
+        self.adapt = (
+            nn.ModuleList(SpeakerAdaptation(cfg.spk_dim, w, cfg.conditioning == "film") for _ in range(cfg.n_blocks))
+            if cfg.per_block
+            else None
+        )
         # masker
         self.blocks = nn.ModuleList(LSTMBlock(w, cfg.ff_dim) for _ in range(cfg.n_blocks))
         self.mask = nn.Linear(w, n)
@@ -117,6 +149,22 @@ class E3Net(nn.Module):
         self.mask.weight.mul_(0.1)
         self.mask.bias.zero_()
 
+    # dims whose population std is below this are scaled as if it were this: resemblyzer's ReLU leaves some
+    # dimensions almost always 0, and dividing a rare non-zero value by ~0 would blow it up
+    MIN_SPK_STD = 0.01
+
+    @torch.no_grad()
+    def set_speaker_stats(self, embeddings: torch.Tensor) -> None:
+        """Standardise the embedding by these d-vectors' per-dimension mean and std (training speakers)."""
+        if not self.cfg.standardised:
+            return
+        self.spk_mean.copy_(embeddings.mean(0))
+        self.spk_std.copy_(embeddings.std(0).clamp_min(self.MIN_SPK_STD))
+
+    def speaker(self, spk: torch.Tensor) -> torch.Tensor:
+        """The embedding as the network sees it: standardised, or raw for `concat`."""
+        return (spk - self.spk_mean) / self.spk_std if self.cfg.standardised else spk
+
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         """[B,T] -> [B,F,N] features; frame f sees input samples [f*hop - hop, f*hop + hop)."""
         x = F.pad(wave.unsqueeze(1), (self.cfg.hop, 0))
@@ -124,9 +172,12 @@ class E3Net(nn.Module):
 
     def masker(self, feats: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
         """[B,F,N] features and [B,D] embedding -> [B,F,N] mask in (0, 1)."""
-        spk = spk.unsqueeze(1).expand(-1, feats.shape[1], -1)
-        x = self.fusion_norm(self.fusion_act(self.fusion(torch.cat([self.enc_norm(feats), spk], dim=-1))))
-        for block in self.blocks:
+        z = self.speaker(spk)
+        frames = z.unsqueeze(1).expand(-1, feats.shape[1], -1)
+        x = self.fusion_norm(self.fusion_act(self.fusion(torch.cat([self.enc_norm(feats), frames], dim=-1))))
+        for k, block in enumerate(self.blocks):
+            if self.adapt is not None:
+                x = self.adapt[k](x, z)
             x = block(x)
         return torch.sigmoid(self.mask(x))
 

@@ -24,6 +24,7 @@ class ModelStats:
     width: int
     n_blocks: int
     ff_dim: int
+    conditioning: str
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -77,4 +78,5 @@ def model_stats(name: str, cfg: E3NetConfig) -> ModelStats:
         width=cfg.width,
         n_blocks=cfg.n_blocks,
         ff_dim=cfg.ff_dim,
+        conditioning=cfg.conditioning,
     )

@@ -84,6 +84,25 @@ class BlockStep(nn.Module):
         return self.out_norm(x + self.lstm_norm(h)), h, c
 
 
+class AdaptationStep(nn.Module):
+    """`SpeakerAdaptation` on the raw embedding: standardisation folded into its Linears, the 1 into the bias."""
+
+    def __init__(self, adapt, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = _folded(adapt.scale.weight, adapt.scale.bias + 1, mean, std)
+        self.shift = None if adapt.shift is None else _folded(adapt.shift.weight, adapt.shift.bias, mean, std)
+
+    def forward(self, x: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        out = x * self.scale(spk)
+        return out if self.shift is None else out + self.shift(spk)
+
+
+def _folded(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
+    """Linear(spk) equal to Linear((spk - mean) / std) with the given weight and bias: no extra op per hop."""
+    w = weight / std
+    return _linear(w, bias - w @ mean)
+
+
 class E3NetStep(nn.Module):
     """`forward(hop[B,160], spk[B,D], *state) -> (out[B,160], *new_state)`, state as in `io.states`.
 
@@ -103,8 +122,14 @@ class E3NetStep(nn.Module):
         self.enc_act = _prelu(model.enc_act)
         self.enc_norm = _layer_norm(model.enc_norm)
         fw = model.fusion.weight
-        self.fusion_feat = _linear(fw[:, : cfg.n_filters], model.fusion.bias)
-        self.fusion_spk = _linear(fw[:, cfg.n_filters :], None)
+        if cfg.standardised:  # fold the standardisation into the speaker's half of the fusion layer
+            mean, std = model.spk_mean, model.spk_std
+        else:
+            mean, std = torch.zeros(cfg.spk_dim), torch.ones(cfg.spk_dim)
+        spk_part = _folded(fw[:, cfg.n_filters :], model.fusion.bias, mean, std)
+        self.fusion_feat = _linear(fw[:, : cfg.n_filters], spk_part.bias)
+        self.fusion_spk = _linear(spk_part.weight, None)
+        self.adapt = None if model.adapt is None else nn.ModuleList(AdaptationStep(a, mean, std) for a in model.adapt)
         self.fusion_act = _prelu(model.fusion_act)
         self.fusion_norm = _layer_norm(model.fusion_norm)
         self.blocks = nn.ModuleList(BlockStep(b) for b in model.blocks)
@@ -130,6 +155,8 @@ class E3NetStep(nn.Module):
         x = self.fusion_norm(self.fusion_act(x))
         new_lstm = []
         for k, block in enumerate(self.blocks):
+            if self.adapt is not None:
+                x = self.adapt[k](x, spk)
             x, h, c = block(x, lstm_state[2 * k], lstm_state[2 * k + 1])
             new_lstm += [h, c]
         masked = feats * torch.sigmoid(self.mask(x))

@@ -12,20 +12,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from edge_pse.data.mixtures import MixtureConfig, MixtureDataset
+from edge_pse.data.mixtures import Example, MixtureConfig, MixtureDataset
 from edge_pse.errors import EdgePseError
 from edge_pse.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
-from edge_pse.model.config import get_preset
+from edge_pse.model.config import CONDITIONINGS, E3NetConfig, get_preset
 from edge_pse.model.e3net import E3Net
 from edge_pse.train.losses import enhancement_loss, si_snr
+from edge_pse.train.recipes import get_recipe
 
 # settings that define what a run trains; resuming a run under different ones is refused (steps may grow,
 # threads and validation cadence may change)
@@ -40,6 +42,8 @@ RUN_DEFINING = (
     "seed",
     "asr_weight",
     "noisy_only",
+    "recipe",
+    "conditioning",
 )
 
 
@@ -63,8 +67,15 @@ class TrainConfig:
     asr_weight: float = 0.0  # weight of the Whisper token loss (0: off, Whisper is not even imported)
     noisy_only: bool = False  # no clean reference in the loss: KD only, ASR pseudo-labels from the teacher
     noisy_dir: str | None = None  # noisy_only on real recordings (DIR/SPK/...) instead of the generated mixtures
+    recipe: str = "standard"  # train/recipes.py: the mixtures of each stage
+    conditioning: str | None = None  # override the preset's speaker conditioning (model/config.py)
+    val_pairs: int = 32  # two-talker validation pairs: right- and swapped-speaker SI-SNRi, their gap
+    stop_at: int = 0  # stop (and save) at this step, leaving the run resumable on its full schedule
 
     def __post_init__(self) -> None:
+        get_recipe(self.recipe)
+        if self.conditioning is not None and self.conditioning not in CONDITIONINGS:
+            raise EdgePseError(f"--conditioning must be one of {', '.join(CONDITIONINGS)}")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise EdgePseError("--kd-weight must be within [0, 1]")
         if self.kd_weight > 0 and not self.teacher:
@@ -86,7 +97,10 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _batch(ds: MixtureDataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    exs = [ds[i] for i in indices]
+    return _stack([ds[i] for i in indices])
+
+
+def _stack(exs: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mix = torch.from_numpy(np.stack([e.mixture for e in exs]))
     ref = torch.from_numpy(np.stack([e.target for e in exs]))
     emb = torch.from_numpy(np.stack([e.embedding for e in exs]))
@@ -110,15 +124,24 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.rank, self.world = _rank_world()
         self.out = Path(cfg.out)
-        mcfg = MixtureConfig(seconds=cfg.seconds)
+        self.recipe = get_recipe(cfg.recipe)
+        mcfg = self.recipe.mixture(self.recipe.stages[0], cfg.seconds)
         if train_ds is None and cfg.noisy_dir:  # validation stays on --data: it needs clean references
             from edge_pse.data.mixtures import RecordingDataset
 
             train_ds = RecordingDataset(cfg.noisy_dir, seed=cfg.seed, cfg=mcfg)
         self.train_ds = train_ds or MixtureDataset(cfg.data, "train", seed=cfg.seed, cfg=mcfg)
-        self.val_ds = val_ds or MixtureDataset(cfg.data, "val", seed=1234, cfg=mcfg, length=cfg.val_examples)
+        # validation is the same for every recipe: the default condition mix and clean two-talker pairs
+        self.val_ds = val_ds or MixtureDataset(
+            cfg.data, "val", seed=1234, cfg=MixtureConfig(seconds=cfg.seconds), length=cfg.val_examples
+        )
         torch.manual_seed(cfg.seed)
-        self.model = E3Net(get_preset(cfg.preset))
+        mcfg_model = get_preset(cfg.preset)
+        if cfg.conditioning:
+            mcfg_model = replace(mcfg_model, conditioning=cfg.conditioning)
+        self.model = E3Net(mcfg_model)
+        # standardise by the training speakers' d-vectors (a resumed or --init run loads its own statistics)
+        self.model.set_speaker_stats(torch.from_numpy(np.concatenate(self.train_ds._embeddings)))
         self.teacher: E3Net | None = None
         if cfg.teacher:
             self.teacher, _ = load_model(cfg.teacher)
@@ -160,6 +183,13 @@ class Trainer:
         payload = read_checkpoint(path)
         if payload.get("format") != FORMAT or payload.get("preset") != self.cfg.preset:
             raise EdgePseError(f"{path} is not a {self.cfg.preset} edge-pse checkpoint")
+        saved_cfg = E3NetConfig.from_dict(payload.get("config", {}))
+        if saved_cfg != self.model.cfg:
+            raise EdgePseError(
+                f"{path} holds a {saved_cfg.conditioning}-conditioned {self.cfg.preset}, this run trains "
+                f"{self.model.cfg.conditioning}: pass --conditioning {saved_cfg.conditioning} to continue it, "
+                "--no-resume to start over, or choose another --out"
+            )
         extra = payload.get("extra", {})
         saved = extra.get("train_config", {})
         changed = [
@@ -186,6 +216,11 @@ class Trainer:
         model, payload = load_model(source)
         if payload["preset"] != self.cfg.preset:
             raise EdgePseError(f"--init {source} is a {payload['preset']} checkpoint, not {self.cfg.preset}")
+        if model.cfg != self.model.cfg:
+            raise EdgePseError(
+                f"--init {source} is a {model.cfg.conditioning}-conditioned {self.cfg.preset}; this run trains "
+                f"{self.model.cfg.conditioning} (pass --conditioning {model.cfg.conditioning} to fine-tune it)"
+            )
         self.model.load_state_dict(model.state_dict())
         self.lineage = lineage_of(payload, str(source))
 
@@ -194,6 +229,21 @@ class Trainer:
         b = self.cfg.batch
         base = (step * self.world + self.rank) * b
         return [(base + j) % len(self.train_ds) for j in range(b)]
+
+    def batch_at(self, step: int) -> tuple[list[Example], list[int]]:
+        """The examples of one step under the recipe's stage: dual-target pairs first (both rows of a pair
+        side by side), then single examples; and their dataset indices (the ASR pseudo-label cache keys)."""
+        stage = self.recipe.stage_at(step, self.cfg.steps)
+        self.train_ds.cfg = self.recipe.mixture(stage, self.cfg.seconds)
+        indices = self.batch_indices(step)
+        n_pairs = 0 if self.cfg.noisy_dir else min(len(indices) // 2, round(stage.pairs * len(indices) / 2))
+        exs: list[Example] = []
+        for i in indices[:n_pairs]:
+            exs += self.train_ds.pair(i)
+        keys = [i for i in indices[:n_pairs] for _ in (0, 1)]
+        rest = indices[n_pairs : len(indices) - n_pairs]
+        exs += [self.train_ds[i] for i in rest]
+        return exs, keys + rest
 
     def loss_on(
         self, mix: torch.Tensor, ref: torch.Tensor, emb: torch.Tensor, indices: list[int] | None = None
@@ -249,8 +299,8 @@ class Trainer:
         self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.cfg)
-        indices = self.batch_indices(self.step)
-        mix, ref, emb = _batch(self.train_ds, indices)
+        exs, indices = self.batch_at(self.step)
+        mix, ref, emb = _stack(exs)
         loss = self.loss_on(mix, ref, emb, indices)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -260,17 +310,34 @@ class Trainer:
         return loss.item()
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean SI-SNR improvement (dB) on the validation examples that have a target."""
+    def validate(self) -> dict[str, float]:
+        """SI-SNR improvements (dB) on the validation split: `mix` over the condition mix's examples that have
+        a target; `right` and `swap` over two-talker pairs (SIR -5..+5 dB) with the target's embedding and
+        with the other talker's, and their `gap` (0 for a model that ignores the speaker); `score`, the mean
+        over every right-speaker row, picks best.pt."""
         self.model.eval()
-        gains = []
+        mix_gains = []
         for i in range(0, len(self.val_ds), 16):
             mix, ref, emb = _batch(self.val_ds, list(range(i, min(i + 16, len(self.val_ds)))))
             keep = ref.pow(2).mean(-1) > 1e-10
             if keep.any():
                 est = self.model.enhance(mix[keep], emb[keep])
-                gains.append(si_snr(est, ref[keep]) - si_snr(mix[keep], ref[keep]))
-        return float(torch.cat(gains).mean())
+                mix_gains.append(si_snr(est, ref[keep]) - si_snr(mix[keep], ref[keep]))
+        right, swap = [], []
+        n_pairs = min(self.cfg.val_pairs, len(self.val_ds))
+        for i in range(0, n_pairs, 8):
+            exs = [e for j in range(i, min(i + 8, n_pairs)) for e in self.val_ds.pair(j)]
+            mix, ref, emb = _stack(exs)
+            swapped = emb.view(-1, 2, emb.shape[-1]).flip(1).reshape(emb.shape)  # A's row gets B's embedding
+            base = si_snr(mix, ref)
+            right.append(si_snr(self.model.enhance(mix, emb), ref) - base)
+            swap.append(si_snr(self.model.enhance(mix, swapped), ref) - base)
+        gains = torch.cat(mix_gains + right)
+        out = {"mix": float(torch.cat(mix_gains).mean()), "score": float(gains.mean())}
+        if right:
+            r, w = float(torch.cat(right).mean()), float(torch.cat(swap).mean())
+            out |= {"right": r, "swap": w, "gap": r - w}
+        return out
 
     # the loop ---------------------------------------------------------------------------------------------
     def fit(self, show_progress: bool = True) -> None:
@@ -289,20 +356,29 @@ class Trainer:
             task = bar.add_task(f"{self.cfg.preset}", total=self.cfg.steps, completed=self.step, loss=0.0, val="-")
             losses: list[float] = []
             t0 = time.time()
-            while self.step < self.cfg.steps:
+            stop = {"signal": False}
+            previous = signal.getsignal(signal.SIGTERM)
+            if self.rank == 0 and self.world == 1:  # a clean stop by PID: finish the step, save, exit
+                signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+            end = min(self.cfg.steps, self.cfg.stop_at) if self.cfg.stop_at else self.cfg.steps
+            while self.step < end and not stop["signal"]:
                 losses.append(self.train_step())
                 bar.update(task, completed=self.step, loss=float(np.mean(losses[-20:])))
                 validate = self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps
                 if validate:
-                    val = self.validate()
+                    scores = self.validate()
+                    val = scores["score"]
                     rec = {
                         "step": self.step,
+                        "stage": self.recipe.stage_at(self.step - 1, self.cfg.steps).name,
                         "loss": float(np.mean(losses[-self.cfg.val_every :])),
                         "val_si_snri_db": round(val, 3),
+                        **{f"val_{k}_db": round(v, 3) for k, v in scores.items() if k != "score"},
                         "seconds": round(time.time() - t0, 1),
                     }
                     self.history.append(rec)
-                    bar.update(task, val=f"{val:+.2f} dB")
+                    gap = f" gap {scores['gap']:+.2f}" if "gap" in scores else ""
+                    bar.update(task, val=f"{val:+.2f} dB{gap}")
                     if log:
                         log.write(json.dumps(rec) + "\n")
                         log.flush()
@@ -323,6 +399,9 @@ class Trainer:
                             + "\n"
                         )
                         log.flush()
+            if self.step % self.cfg.save_every:  # stopped between saves (stop_at, SIGTERM)
+                self.save()
+            signal.signal(signal.SIGTERM, previous)
         if log:
             log.close()
 
@@ -332,7 +411,8 @@ def lineage_of(payload: dict, source: str) -> list[dict]:
     A model card built from a fine-tuned run then tells the whole recipe, not only the last command."""
     extra = payload.get("extra", {})
     tc = extra.get("train_config", {})
-    stage = {k: tc.get(k) for k in ("preset", "steps", "batch", "seconds", "lr", "seed", "teacher", "kd_weight")}
+    keys = ("preset", "steps", "batch", "seconds", "lr", "seed", "teacher", "kd_weight", "recipe", "conditioning")
+    stage = {k: tc.get(k) for k in keys}
     stage |= {"source": str(source), "step": extra.get("step"), "best_val": extra.get("best_val")}
     return [*extra.get("lineage", []), stage]
 
