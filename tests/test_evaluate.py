@@ -46,3 +46,33 @@ def test_evaluate_bad_inputs(tmp_path) -> None:
     save_checkpoint(tmp_path / "t.pt", E3Net(get_preset("tiny")), "tiny")
     res = edge_pse("evaluate", "--checkpoint", str(tmp_path / "t.pt"), "--data", str(tmp_path), "--json")
     assert res.returncode == 2 and "no speech/ folder" in res.stderr
+
+
+def test_swap_gap_level_sweeps_and_long_streams_score_what_they_claim(synthetic_root) -> None:
+    """An oracle that returns the target at half level for the right profile and the mixture for any other:
+    gap = its SI-SDRi, target gain -6.02 dB, silence in the long streams' pauses."""
+    import numpy as np
+
+    from edge_pse.eval.evaluate import LEVEL_SWEEP_DBFS, SIR_SWEEP_DB, EvalSet, score
+
+    evalset = EvalSet.build(str(synthetic_root), per_condition=2, seconds=2.0, sweeps=True)
+    names = set(evalset.examples)
+    assert {f"interferer@{s:+g}dB" for s in SIR_SWEEP_DB} <= names and "long-stream" in names
+    assert {f"both@{v:g}dBFS" for v in LEVEL_SWEEP_DBFS} <= names
+    for ex in evalset.examples["interferer@+0dB"]:
+        assert abs(10 * np.log10(np.sum(ex.target**2) / np.sum((ex.mixture - ex.target) ** 2))) < 0.1
+    for ex in evalset.examples["long-stream"]:
+        assert len(ex.mixture) == 60 * 16_000 and len(ex.meta["turns"]) >= 4
+        assert not np.array_equal(ex.embedding, ex.other_embedding)
+    targets = {ex.mixture.tobytes(): ex.target for exs in evalset.examples.values() for ex in exs}
+    rights = {ex.mixture.tobytes(): ex.embedding.tobytes() for exs in evalset.examples.values() for ex in exs}
+
+    def oracle(mix: np.ndarray, emb: np.ndarray) -> np.ndarray:
+        return 0.5 * targets[mix.tobytes()] if emb.tobytes() == rights[mix.tobytes()] else mix
+
+    out = score(oracle, evalset, asr=False, intrusive_extras=False, dnsmos=False, progress=False)
+    for name in ("interferer", "both", "interferer@+0dB", "long-stream"):
+        r = out[name]
+        assert abs(r["swap_si_sdri"]) < 1e-6 and r["gap"] == r["si_sdri"] > 30
+        assert abs(r["target_gain_db"] - 20 * np.log10(0.5)) < 0.01
+    assert out["long-stream"]["pause_level_db"] < -80  # digital silence vs the other talker and noise

@@ -10,8 +10,11 @@ import numpy as np
 from edge_pse.bench.cell import Streamer
 
 # summary columns: mean over the conditions that have a target ("absent" has only its own level)
-SUMMARY = ("si_sdri", "pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos")
+# gap: SI-SDRi with the right profile minus with another speaker's (0 = the model ignores the speaker);
+# target_gain_db: the target's level at the output vs its own (0 = kept; not ranked: both signs are wrong)
+SUMMARY = ("si_sdri", "gap", "target_gain_db", "pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos")
 HIGHER_IS_BETTER = {"si_sdri": True, "pesq": True, "stoi": True, "pdnsmos_ovrl": True, "wer": False, "tsos": False}
+HIGHER_IS_BETTER["gap"] = True
 HIGHER_IS_BETTER["absent_level_db"] = False  # dB of output vs mixture when the target is silent: lower suppresses more
 
 

@@ -22,6 +22,7 @@ DEFAULT_TOLERANCES: dict = {
     # allowed worsening, in each metric's own unit (dB, PESQ points, STOI, pDNSMOS points, WER, TSOS rate, dB)
     "quality": {
         "si_sdri": 0.5,
+        "gap": 0.5,
         "pesq": 0.10,
         "stoi": 0.02,
         "pdnsmos_ovrl": 0.10,

@@ -19,7 +19,7 @@ SCHEMA = "edge-pse-bench-report"
 SCHEMA_VERSION = 1
 _REQUIRED = ("schema", "schema_version", "created", "machine", "settings", "cells")
 _CELL_REQUIRED = ("key", "model", "backend", "quantization", "threads")
-QUALITY_COLS = ("si_sdri", "pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos", "absent_level_db")
+QUALITY_COLS = ("si_sdri", "gap", "target_gain_db", "pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos", "absent_level_db")
 
 
 def stamp(report: dict) -> dict:
@@ -69,7 +69,7 @@ def cell_table(rep: dict) -> tuple[list[str], list[list[str]]]:
     head = ["cell", "KiB", "load ms", "p50 us", "p90 us", "p99 us", "max us", "RTF", "CPU %", "RSS MiB"]
     has_q = any("quality" in c for c in rep["cells"])
     if has_q:
-        head += ["SI-SDRi", "vs ref", "PESQ", "STOI", "pDNSMOS", "WER", "TSOS", "absent dB"]
+        head += ["SI-SDRi", "vs ref", "gap", "level dB", "PESQ", "STOI", "pDNSMOS", "WER", "TSOS", "absent dB"]
     rows = []
     for c in rep["cells"]:
         if "error" in c:
@@ -90,7 +90,7 @@ def cell_table(rep: dict) -> tuple[list[str], list[list[str]]]:
         ]
         if has_q:
             q, d = c.get("quality", {}), c.get("quality_vs_reference", {})
-            row += [_fmt(q.get("si_sdri")), _fmt(d.get("si_sdri"))]
+            row += [_fmt(q.get("si_sdri")), _fmt(d.get("si_sdri")), _fmt(q.get("gap")), _fmt(q.get("target_gain_db"))]
             row += [_fmt(q.get(k)) for k in ("pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos", "absent_level_db")]
         rows.append(row)
     return head, rows
@@ -175,7 +175,8 @@ def markdown(rep: dict) -> str:
         "",
         "Latency is per 10 ms hop (model call only), RTF = mean latency / 10 ms, CPU % = process CPU time / wall "
         "time while timing (100 = one core), RSS = peak resident memory of the cell's own process. "
-        "'vs ref' = SI-SDRi minus the float reference's.",
+        "'vs ref' = SI-SDRi minus the float reference's; 'gap' = SI-SDRi minus SI-SDRi with another speaker's "
+        "profile (0: the speaker is ignored); 'level dB' = the target's level at the output vs its own.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-asr", action="store_true", help="skip WER (Whisper transcripts are the slow part)")
     p.add_argument("--no-dnsmos", action="store_true", help="skip personalized DNSMOS (~4 s per clip)")
     p.add_argument("--fast", action="store_true", help="SI-SDR, TSOS and target-absent level only")
+    p.add_argument(
+        "--sweeps",
+        action="store_true",
+        help="also the interferer at SIR -5/0/+5 dB, target+talker+noise at -50/-30/-10 dBFS and 60 s long streams "
+        "where the target pauses and the other talker goes on",
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by condition")
 
@@ -32,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, payload = load_model(args.checkpoint)
-    evalset = EvalSet.build(args.data, split=args.split, per_condition=args.per_condition, seconds=args.seconds)
+    evalset = EvalSet.build(
+        args.data, split=args.split, per_condition=args.per_condition, seconds=args.seconds, sweeps=args.sweeps
+    )
     result = score(
         torch_enhancer(model),
         evalset,
@@ -47,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "per_condition": args.per_condition,
         "seconds": args.seconds,
+        "sweeps": args.sweeps,
+        "swap": "swap_si_sdri: the same input with another speaker's profile (the interferer's where there is one); "
+        "gap = si_sdri - swap_si_sdri",
         "wer_reference": "Whisper tiny.en transcript of the clean target (pseudo-label)",
     }
     if args.json:
@@ -55,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    cols = ["count", "si_sdri", "si_sdr", "pesq", "stoi", "pdnsmos_ovrl", "wer", "wer_in", "tsos", "tsos_share"]
-    cols.append("absent_level_db")
+    cols = ["count", "si_sdri", "swap_si_sdri", "gap", "target_gain_db", "si_sdr", "pesq", "stoi", "pdnsmos_ovrl"]
+    cols += ["wer", "wer_in", "tsos", "tsos_share", "absent_level_db", "pause_level_db"]
     table = Table(title=f"{args.checkpoint} ({payload['preset']}) on the {args.split} split")
     table.add_column("condition")
     for c in cols:

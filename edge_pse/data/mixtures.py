@@ -66,6 +66,8 @@ class Example:
     embedding: np.ndarray  # float32 [256] d-vector of `enroll`
     condition: str
     meta: dict = field(default_factory=dict)
+    # another speaker's d-vector for the swap test: the interferer's when it has one, else another speaker's
+    other_embedding: np.ndarray | None = None
 
 
 def _rms(x: np.ndarray) -> float:
@@ -228,12 +230,15 @@ class MixtureDataset:
         return int(pool[int(rng.integers(len(pool)))])
 
     def _noise(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+        return self._noise_of_length(self.n, rng)
+
+    def _noise_of_length(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         if not self.sources.noises or rng.random() < self.cfg.procedural_noise_prob:
-            return procedural_noise(self.n, rng), "procedural"
+            return procedural_noise(n, rng), "procedural"
         k = int(rng.integers(len(self.sources.noises)))
-        x = _crop(self.sources.noises[k], self.n, rng)
+        x = _crop(self.sources.noises[k], n, rng)
         if _rms(x) < 1e-4:  # a silent stretch of a recording: fall back to procedural noise
-            return procedural_noise(self.n, rng), "procedural"
+            return procedural_noise(n, rng), "procedural"
         return x, f"noise#{k}"
 
     def _rir(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
@@ -304,6 +309,61 @@ class MixtureDataset:
             self._embeddings[s][o].astype(np.float32),
             condition,
             meta,
+            self._swap_embedding(s, s2 if with_talker else None),
+        )
+
+    def _swap_embedding(self, s: int, other: int | None) -> np.ndarray:
+        """The d-vector a swap test feeds instead of the target's: the other talker's (first enrollment clip) when
+        it can enroll, else the next enrollable speaker's. Draws no random numbers: examples stay as they were."""
+        if other is None or not self._options[other]:
+            k = self.targets.index(s) if s in self.targets else 0
+            other = next(t for t in self.targets[k + 1 :] + self.targets[:k] if self.base[t] != self.base[s])
+        return self._embeddings[other][0].astype(np.float32)
+
+    def stream(self, i: int, seconds: float = 60.0) -> Example:
+        """A long stream: the target talks in turns of 2-8 s with pauses of 1-6 s while another talker never
+        stops (SIR 0 dB over the target's turns) over low noise (SNR 15-25 dB). The case where streaming PSE
+        ports fail: the model must keep silence in the pauses instead of latching onto the voice that goes on."""
+        cfg = self.cfg
+        rng = np.random.default_rng([self.seed, i, 3])
+        n = int(seconds * SAMPLE_RATE)
+        s = self.targets[int(rng.integers(len(self.targets)))]
+        o = int(rng.integers(len(self._options[s])))
+        s2 = self._other(s, range(len(self.sources.speakers)), rng)
+        target = np.zeros(n, np.float32)
+        t, turns = int(rng.uniform(0.5, 3.0) * SAMPLE_RATE), []
+        while t < n:
+            seg, _, _ = self._target_segment(s, o, rng)
+            length = min(n - t, int(rng.uniform(2.0, 8.0) * SAMPLE_RATE), len(seg))
+            target[t : t + length] = seg[:length]
+            turns.append([t, t + length])
+            t += length + int(rng.uniform(1.0, 6.0) * SAMPLE_RATE)
+        active = np.concatenate([target[a:b] for a, b in turns])
+        gain = 10 ** (rng.uniform(*cfg.level_dbfs) / 20) / _rms(active)
+        target *= gain
+        talker_utts = self.sources.speakers[s2].utterances
+        talker = _crop(talker_utts[int(rng.integers(len(talker_utts)))], n, rng)  # loops its utterance
+        talker *= _rms(active * gain) / _rms(talker)
+        noise, noise_name = self._noise_of_length(n, rng)
+        snr = rng.uniform(15.0, 25.0)
+        mixture = target + talker + noise * (_rms(active * gain) / _rms(noise) / 10 ** (snr / 20))
+        scale = min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
+        meta = {
+            "speaker": self.sources.speakers[s].id,
+            "interferer": self.sources.speakers[s2].id,
+            "turns": turns,
+            "noise": noise_name,
+            "snr_db": round(float(snr), 2),
+            "sir_db": 0.0,
+        }
+        return Example(
+            (mixture * scale).astype(np.float32),
+            (target * scale).astype(np.float32),
+            self._enroll_clip(s, o),
+            self._embeddings[s][o].astype(np.float32),
+            "long-stream",
+            meta,
+            self._swap_embedding(s, s2),
         )
 
     def pair(self, i: int) -> tuple[Example, Example]:
@@ -357,9 +417,9 @@ class MixtureDataset:
             target = (ref * scale).astype(np.float32)
             if not np.any(target):
                 cond = "absent"
-            out.append(
-                Example(mixture, target, self._enroll_clip(s, o), self._embeddings[s][o].astype(np.float32), cond, meta)
-            )
+            other_emb = self._embeddings[dry[1 - k][0]][dry[1 - k][1]].astype(np.float32)
+            emb = self._embeddings[s][o].astype(np.float32)
+            out.append(Example(mixture, target, self._enroll_clip(s, o), emb, cond, meta, other_emb))
         return out[0], out[1]
 
 

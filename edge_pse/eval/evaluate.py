@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from edge_pse.data.mixtures import CONDITIONS, MixtureConfig, MixtureDataset
 from edge_pse.data.sources import SAMPLE_RATE
 
 EVAL_SEED = 20_221_118
+SIR_SWEEP_DB = (-5.0, 0.0, 5.0)  # the interferer at a fixed SIR: at 0 dB loudness says nothing about the target
+LEVEL_SWEEP_DBFS = (-50.0, -30.0, -10.0)  # target + talker + noise at a fixed target level
+LONG_STREAM_S = 60.0
 MAX_REF_WORDS_PER_S = 6.0  # fast read speech is ~3-4 words/s; more in a reference transcript is a hallucination
 
 
@@ -40,21 +43,27 @@ class EvalSet:
         seconds: float = 4.0,
         seed: int = EVAL_SEED,
         conditions: tuple[str, ...] = CONDITIONS,
+        sweeps: bool = False,
     ) -> EvalSet:
+        """`per_condition` examples of each condition; with `sweeps`, also the interferer at each SIR of
+        SIR_SWEEP_DB, target + talker + noise at each level of LEVEL_SWEEP_DBFS, and 60 s long streams."""
         cfg = MixtureConfig(seconds=seconds)
         base = MixtureDataset(root, split, seed=seed, cfg=cfg, length=per_condition)
-        out = {}
-        for c in conditions:
+
+        def examples(condition: str, seed_: int, cfg_: MixtureConfig) -> list:
             ds = MixtureDataset(
-                root,
-                split,
-                seed=seed + CONDITIONS.index(c),
-                cfg=cfg,
-                length=per_condition,
-                conditions=(c,),
-                sources=base.sources,
+                root, split, seed=seed_, cfg=cfg_, length=per_condition, conditions=(condition,), sources=base.sources
             )
-            out[c] = [ds[i] for i in range(per_condition)]
+            return [ds[i] for i in range(per_condition)]
+
+        out = {c: examples(c, seed + CONDITIONS.index(c), cfg) for c in conditions}
+        if sweeps:
+            for k, sir in enumerate(SIR_SWEEP_DB):
+                out[f"interferer@{sir:+g}dB"] = examples("interferer", seed + 100 + k, replace(cfg, sir_db=(sir, sir)))
+            for k, level in enumerate(LEVEL_SWEEP_DBFS):
+                lv = replace(cfg, level_dbfs=(level, level))
+                out[f"both@{level:g}dBFS"] = examples("both", seed + 200 + k, lv)
+            out["long-stream"] = [base.stream(i, LONG_STREAM_S) for i in range(per_condition)]
         return cls(out)
 
 
@@ -109,16 +118,26 @@ def score(
             if c == "absent":
                 r.setdefault("absent_level_db", []).append(m.absent_level_db(out, ex.mixture))
                 continue
-            key = (k, intrusive_extras, asr)
+            long = c == "long-stream"  # 60 s: SI-SDR, swap and levels only (extras and ASR are per clip)
+            key = (k, intrusive_extras and not long, asr and not long)
             if key not in evalset.input_scores:
-                evalset.input_scores[key] = _input_scores(ex, intrusive_extras, asr)
+                evalset.input_scores[key] = _input_scores(ex, *key[1:])
             inp = evalset.input_scores[key]
             r.setdefault("si_sdr", []).append(m.si_sdr(out, ex.target))
             r.setdefault("si_sdr_in", []).append(inp["si_sdr_in"])
             r.setdefault("si_sdri", []).append(r["si_sdr"][-1] - r["si_sdr_in"][-1])
+            if ex.other_embedding is not None:  # the swap test: another speaker's profile on the same input
+                swapped = m.si_sdr(enhance(ex.mixture, ex.other_embedding), ex.target) - inp["si_sdr_in"]
+                r.setdefault("swap_si_sdri", []).append(swapped)
+                r.setdefault("gap", []).append(r["si_sdri"][-1] - swapped)
+            r.setdefault("target_gain_db", []).append(m.target_gain_db(out, ex.target))
             t = m.tsos(out, ex.target)
             r.setdefault("tsos", []).append(float(t.over_suppressed))
             r.setdefault("tsos_share", []).append(t.share)  # graded: the rate saturates at 1 for weak models
+            if long:
+                pauses = _pauses(ex.meta["turns"], len(ex.mixture))
+                r.setdefault("pause_level_db", []).append(m.segment_level_db(out, ex.mixture, pauses))
+                continue
             if intrusive_extras:
                 r.setdefault("pesq", []).append(m.pesq_wb(out, ex.target))
                 r.setdefault("pesq_in", []).append(inp["pesq_in"])
@@ -141,9 +160,21 @@ def score(
         for key, (n_err, n_words) in errors[c].items():  # corpus WER: sum(errors) / sum(reference words)
             if n_words:
                 result[c][key] = round(n_err / n_words, 4)
-        if asr and c != "absent":
+        if asr and c not in ("absent", "long-stream"):
             result[c]["wer_clips"] = wer_clips[c]
     return result
+
+
+def _pauses(turns: list[list[int]], length: int) -> list[tuple[int, int]]:
+    """The complement of the target's turns within [0, length)."""
+    out, t = [], 0
+    for a, b in turns:
+        if a > t:
+            out.append((t, a))
+        t = b
+    if t < length:
+        out.append((t, length))
+    return out
 
 
 def torch_enhancer(model) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

@@ -201,6 +201,28 @@ def level_db(x: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(x**2) + _EPS))
 
 
+def target_gain_db(output: np.ndarray, target: np.ndarray) -> float:
+    """Level of the target's component in the output relative to the target itself, in dB (0 = kept at its
+    level; -10 = the model turned the voice down by 10 dB): 20 log10 of the least-squares scale of the target
+    in the output. A component in opposite phase (scale <= 0) counts as -60 dB: the voice is gone."""
+    output, target = _pair(output, target)
+    energy = float(np.dot(target, target))
+    if energy <= _EPS:
+        raise ValueError("the target is silent: it has no level to keep")
+    alpha = float(np.dot(output, target)) / energy
+    return max(-60.0, float(20 * np.log10(alpha))) if alpha > 0 else -60.0
+
+
+def segment_level_db(output: np.ndarray, mixture: np.ndarray, segments: list[tuple[int, int]]) -> float:
+    """Output level relative to the mixture over the given [start, end) sample ranges (e.g. the target's
+    pauses in a long stream: more negative = the other voices are removed while the target is silent)."""
+    if not segments:
+        raise ValueError("no segments to measure")
+    out = np.concatenate([output[a:b] for a, b in segments])
+    mix = np.concatenate([mixture[a:b] for a, b in segments])
+    return absent_level_db(out, mix)
+
+
 def absent_level_db(output: np.ndarray, mixture: np.ndarray) -> float:
     """Target-absent condition: output level relative to the input mixture in dB (more negative = better)."""
     output, mixture = _pair(output, mixture)

@@ -41,9 +41,24 @@ def compressed_spectral(
     return (1 - complex_weight) * mag + complex_weight * cplx
 
 
-def enhancement_loss(est: torch.Tensor, ref: torch.Tensor, spectral_weight: float = 10.0) -> torch.Tensor:
-    """Mean over the batch of -SI-SNR/10 (rows with a target) + spectral_weight * compressed spectral loss."""
+def target_gain_db(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-row level of the reference's component in the estimate, in dB (0 = kept at its level)."""
+    alpha = (est * ref).sum(-1) / (ref.pow(2).sum(-1) + EPS)
+    return 20 * torch.log10(alpha.clamp_min(1e-3))
+
+
+def enhancement_loss(
+    est: torch.Tensor, ref: torch.Tensor, spectral_weight: float = 10.0, level_weight: float = 0.0
+) -> torch.Tensor:
+    """Mean over the batch of -SI-SNR/10 (rows with a target) + spectral_weight * compressed spectral loss
+    + level_weight * (target gain in dB / 10)^2 (rows with a target). SI-SNR ignores scale and the compressed
+    spectrum barely sees it, so without the level term a model that cannot yet tell what to keep turns its
+    whole output down (~10 dB measured): the level term holds the target's voice at its input level."""
     has_target = ref.pow(2).mean(-1) > 1e-10
     spec = compressed_spectral(est, ref)
-    snr_term = torch.where(has_target, -si_snr(est, ref) / 10.0, torch.zeros_like(spec))
-    return (snr_term + spectral_weight * spec).mean()
+    zeros = torch.zeros_like(spec)
+    snr_term = torch.where(has_target, -si_snr(est, ref) / 10.0, zeros)
+    loss = snr_term + spectral_weight * spec
+    if level_weight:
+        loss = loss + level_weight * torch.where(has_target, (target_gain_db(est, ref) / 10.0).pow(2), zeros)
+    return loss.mean()

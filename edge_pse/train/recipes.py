@@ -33,6 +33,7 @@ class Recipe:
     doc: str
     stages: tuple[Stage, ...]
     common: dict = field(default_factory=dict)  # MixtureConfig fields for every stage (speaker variety, levels)
+    level_weight: float = 0.0  # weight of the loss's target-level term (losses.enhancement_loss)
 
     def stage_at(self, step: int, total: int) -> Stage:
         for stage in self.stages:
@@ -54,7 +55,7 @@ RECIPES: dict[str, Recipe] = {
         "pse",
         "two-talker dual-target pairs (SIR -5..+5 dB) for 35 % of the run, then noise, rooms and partial target "
         "absence come back with >= 50 % pairs; speed-perturbed pseudo-speakers (x0.85, x1.15), 3 enrollment "
-        "crops per utterance end, levels -50..-10 dBFS",
+        "crops per utterance end, levels -50..-10 dBFS; the loss holds the target at its input level",
         (
             Stage("two-talker", 0.35, 1.0),
             Stage(
@@ -82,6 +83,7 @@ RECIPES: dict[str, Recipe] = {
             ),
         ),
         {"pseudo_speakers": (0.85, 1.15), "enroll_crops": 3, "level_dbfs": (-50.0, -10.0)},
+        level_weight=1.0,
     ),
 }
 

@@ -26,7 +26,7 @@ from edge_pse.errors import EdgePseError
 from edge_pse.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
 from edge_pse.model.config import CONDITIONINGS, E3NetConfig, get_preset
 from edge_pse.model.e3net import E3Net
-from edge_pse.train.losses import enhancement_loss, si_snr
+from edge_pse.train.losses import enhancement_loss, si_snr, target_gain_db
 from edge_pse.train.recipes import get_recipe
 
 # settings that define what a run trains; resuming a run under different ones is refused (steps may grow,
@@ -254,13 +254,13 @@ class Trainer:
         loss = torch.zeros(())
         w = self.cfg.kd_weight
         if w < 1.0:  # the output lags the input by one hop: compare with the reference one hop earlier
-            loss = loss + (1 - w) * enhancement_loss(out[:, hop:], ref[:, :-hop])
+            loss = loss + (1 - w) * enhancement_loss(out[:, hop:], ref[:, :-hop], level_weight=self.recipe.level_weight)
         t_out = None
         if w > 0.0:
             assert self.teacher is not None
             with torch.no_grad():
                 t_out = self.teacher(mix, emb)
-            loss = loss + w * enhancement_loss(out, t_out)
+            loss = loss + w * enhancement_loss(out, t_out, level_weight=self.recipe.level_weight)
         if self.asr is not None:
             loss = loss + self.cfg.asr_weight * self._asr_term(out[:, hop:], ref[:, :-hop], mix, t_out, hop, indices)
         return loss
@@ -313,16 +313,18 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """SI-SNR improvements (dB) on the validation split: `mix` over the condition mix's examples that have
         a target; `right` and `swap` over two-talker pairs (SIR -5..+5 dB) with the target's embedding and
-        with the other talker's, and their `gap` (0 for a model that ignores the speaker); `score`, the mean
-        over every right-speaker row, picks best.pt."""
+        with the other talker's, and their `gap` (0 for a model that ignores the speaker); `target_gain`, the
+        target's level at the output vs its own (dB); `score`, the mean over every right-speaker row, picks
+        best.pt."""
         self.model.eval()
-        mix_gains = []
+        mix_gains, levels = [], []
         for i in range(0, len(self.val_ds), 16):
             mix, ref, emb = _batch(self.val_ds, list(range(i, min(i + 16, len(self.val_ds)))))
             keep = ref.pow(2).mean(-1) > 1e-10
             if keep.any():
                 est = self.model.enhance(mix[keep], emb[keep])
                 mix_gains.append(si_snr(est, ref[keep]) - si_snr(mix[keep], ref[keep]))
+                levels.append(target_gain_db(est, ref[keep]))
         right, swap = [], []
         n_pairs = min(self.cfg.val_pairs, len(self.val_ds))
         for i in range(0, n_pairs, 8):
@@ -330,10 +332,13 @@ class Trainer:
             mix, ref, emb = _stack(exs)
             swapped = emb.view(-1, 2, emb.shape[-1]).flip(1).reshape(emb.shape)  # A's row gets B's embedding
             base = si_snr(mix, ref)
-            right.append(si_snr(self.model.enhance(mix, emb), ref) - base)
+            est = self.model.enhance(mix, emb)
+            right.append(si_snr(est, ref) - base)
+            levels.append(target_gain_db(est, ref)[ref.pow(2).mean(-1) > 1e-10])
             swap.append(si_snr(self.model.enhance(mix, swapped), ref) - base)
         gains = torch.cat(mix_gains + right)
         out = {"mix": float(torch.cat(mix_gains).mean()), "score": float(gains.mean())}
+        out["target_gain"] = float(torch.cat(levels).mean())  # dB of the target's level kept at the output
         if right:
             r, w = float(torch.cat(right).mean()), float(torch.cat(swap).mean())
             out |= {"right": r, "swap": w, "gap": r - w}
