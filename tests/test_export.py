@@ -31,7 +31,14 @@ def tiny():
     from edge_pse.model.e3net import E3Net
 
     torch.manual_seed(0)
-    return E3Net(get_preset("tiny")).eval()
+    model = E3Net(get_preset("tiny"))
+    # a trained model's speaker path: standardisation by a population that is not zero-mean, and FiLM weights off
+    # their zero init (the export folds the first and must carry the second through quantization)
+    model.set_speaker_stats(torch.rand(200, 256) * 0.12)
+    with torch.no_grad():
+        for p in model.adapt.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +75,10 @@ def check_format(tiny, calib, tmp_path, fmt: str) -> None:
     bundle = export(tiny, calib, tmp_path / fmt, fmt)
     entry = bundle.file(fmt)
     assert entry.quantization == "int8-ptq"
-    assert entry.bytes < 0.6 * 2**20  # tiny's int8 weights are ~0.46 MiB; the file stays near that
+    from edge_pse.model.stats import model_stats
+
+    # the file stays near tiny's int8 weights (0.55 MiB with FiLM): graph, scales and biases add little
+    assert entry.bytes < 1.3 * model_stats("tiny", tiny.cfg).int8_bytes
     acc = bundle.manifest["accuracy"][entry.path]
     assert acc["passed"] and acc["snr_db"] >= bundle.tolerance["int8_min_snr_db"]
     assert stream_snr(bundle, tiny, fmt, calib.heldout[0]) >= bundle.tolerance["int8_min_snr_db"]
