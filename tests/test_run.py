@@ -138,6 +138,13 @@ def _bad_inputs(tmp: Path, good_wav: Path, bundle: Path, speaker: Path) -> dict[
         f.seek(200)
         f.write(b"\x00\x01\x02\x03")
     other = make_speaker(tmp / "other.spk", encoder="some-other-encoder")
+    link = tmp / "link.json"
+    link.symlink_to(tmp / "ok.flac")
+    hard = tmp / "hard.json"
+    os.link(tmp / "ok.flac", hard)
+    spk_wav = tmp / "spk.wav"
+    os.link(speaker, spk_wav)  # a profile hard-linked under an audio name: --output would overwrite it
+    sf.write(tmp / "one_hz.wav", np.zeros(100_000, np.int16), 1)  # 200 KB whose header says 1 Hz
     broken_spk = tmp / "broken.spk"
     broken_spk.write_text(speaker.read_text().replace('"clips": 1', '"clips": 2'))
     return {
@@ -157,7 +164,13 @@ def _bad_inputs(tmp: Path, good_wav: Path, bundle: Path, speaker: Path) -> dict[
         "unknown device": (["--device", "toaster"], "unknown device profile"),
         "unknown backend file": (["--backend", "litert"], "no tflite file"),
         "mic to a file": (["--input", "mic"], "live mode runs"),
-        "same in and out": (["--input", tmp / "ok.flac", "--output", tmp / "ok.flac"], "must differ"),
+        "same in and out": (["--input", tmp / "ok.flac", "--output", tmp / "ok.flac"], "it would be overwritten"),
+        # stats over the input, through a symlink and through a hard link: all the same file
+        "stats is the input": (["--input", tmp / "ok.flac", "--stats", tmp / "ok.flac"], "same file as --input"),
+        "stats links to input": (["--input", tmp / "ok.flac", "--stats", link], "same file as --input"),
+        "stats hard-links input": (["--input", tmp / "ok.flac", "--stats", hard], "same file as --input"),
+        "output is the speaker": (["--output", tmp / "spk.wav", "--speaker", spk_wav], "same file as --speaker"),
+        "1 Hz header": (["--input", tmp / "one_hz.wav"], "8000 to 384000 Hz are accepted"),
     }
 
 
@@ -224,3 +237,67 @@ def test_bad_profile_files_are_refused(tmp_path: Path, text: str, message: str) 
     res = edge_pse("run", "--device", "x", "--profiles", user, "--output", tmp_path / "o.wav")
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_streamed_file_run_equals_the_whole_clip_path(bundle_dir: Path, speaker: Path, tmp_path: Path) -> None:  # noqa: F811
+    """File runs stream in blocks (read, resample, enhance, resample back, write); the result is sample for
+    sample what enhancing the whole clip at once gives, rate conversion and lag compensation included."""
+    from edge_pse.bundle import Bundle
+    from edge_pse.runtime import audio_io
+    from edge_pse.runtime.backends import open_backend
+    from edge_pse.runtime.runner import run_array
+    from edge_pse.runtime.session import load_speaker
+
+    x, _ = sf.read(demo.path(demo.MIXTURE), dtype="float32")
+    import soxr
+
+    x44 = soxr.resample(np.tile(x, 2), 16000, 44100)[: 44100 * 9 + 7]  # several 1 s blocks and a partial one
+    inp, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(inp, np.stack([x44, 0.3 * x44], axis=1), 44100, subtype="PCM_16")
+    res = run(bundle_dir, speaker, inp, out)
+    assert res.returncode == 0, res.stderr
+    bundle = Bundle.load(bundle_dir)
+    backend = open_backend(bundle, "onnx", threads=1)
+    backend.set_speaker(load_speaker(speaker, bundle.manifest))
+    clip = audio_io.read_clip(inp, 16000)
+    expected = audio_io.to_source_rate(run_array(backend, clip.pcm, hop=160, sample_rate=16000)[0], clip)
+    got, rate = sf.read(out, dtype="int16")
+    assert rate == 44100 and np.array_equal(got, expected)
+
+
+def test_a_stats_file_that_cannot_be_written_stops_the_run_before_any_output(
+    bundle_dir: Path,  # noqa: F811
+    speaker: Path,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "clean.wav"
+    res = run(bundle_dir, speaker, demo.path(demo.MIXTURE), out, "--stats", "/proc/edge-pse-stats.json")
+    assert res.returncode == 2 and "cannot write to /proc" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_memory_of_a_file_run_does_not_grow_with_its_duration(bundle_dir: Path, speaker: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Peak RSS of `edge-pse run` on 10 s and on 20 min of 48 kHz stereo: the long file costs at most a few MB
+    more (reading it whole would take ~1 GB of arrays)."""
+    x, _ = sf.read(demo.path(demo.MIXTURE), dtype="int16")
+    code = (
+        "import resource, sys; sys.modules['torch'] = None; from edge_pse.cli import main; rc = main(sys.argv[1:]); "
+        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+    )
+    peaks = {}
+    for seconds in (10, 1200):
+        inp = tmp_path / f"in{seconds}.wav"
+        with sf.SoundFile(inp, "w", 48000, 2, "PCM_16") as f:  # written in blocks: the test holds no hour of audio
+            block = np.repeat(np.tile(x, 4)[: 16000 * 10], 3)[:, None].repeat(2, axis=1)
+            for _ in range(seconds // 10):
+                f.write(block)
+        res = subprocess.run(
+            [sys.executable, "-c", code, "run", "--model", bundle_dir, "--speaker", speaker, "--input", inp,
+             "--output", tmp_path / "out.wav", "--quiet"],
+            capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        peaks[seconds] = int(res.stderr.split("RSS")[-1].split()[0]) / 1024  # MiB
+        assert sf.info(tmp_path / "out.wav").frames == 48000 * seconds
+    assert peaks[1200] - peaks[10] < 40, peaks

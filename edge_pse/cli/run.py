@@ -65,11 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if live and (mic is False or spk is False):
         raise EdgePseError(f"live mode runs '--input {LIVE_IN} --output {LIVE_OUT}' together (files go file to file)")
     if not live:
-        out_path = audio_io.check_output_path(output_spec)
-        if Path(input_spec).resolve() == out_path.resolve():
-            raise EdgePseError("--output must differ from --input")
+        out_path = audio_io.check_writable(audio_io.check_output_path(output_spec))
     if args.stats is not None:
-        audio_io.check_parent(args.stats)
+        audio_io.check_writable(audio_io.check_parent(args.stats))
+    audio_io.check_distinct(
+        {"input": None if live else input_spec, "speaker": args.speaker},
+        {"output": None if live else output_spec, "stats": args.stats},
+    )
     if args.target:
         return _run_remote(args, profile, input_spec, out_path if not live else None, live)
 
@@ -81,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         default_bundle=args.model is None,
     )
+    describe = {"device_profile": profile.name, **session.describe()}
     if live:
-        stats = _run_live(session, args, mic, spk)
+        stats = {**describe, **_run_live(session, args, mic, spk)}
+        if args.stats is not None:
+            audio_io.write_text(args.stats, json.dumps(stats, indent=2) + "\n")
     else:
-        stats = _run_file(session, args, input_spec, out_path)
-    stats = {"device_profile": profile.name, **session.describe(), **stats}
-    if args.stats is not None:
-        audio_io.write_text(args.stats, json.dumps(stats, indent=2) + "\n")
+        stats = _run_file(session, args, input_spec, out_path, describe)
     _print_summary(stats)
     return 0
 
@@ -119,53 +121,59 @@ def _run_remote(args: argparse.Namespace, profile, input_spec: str, out_path: Pa
     return 0
 
 
-def _run_file(session, args, input_spec: str, out_path: Path) -> dict:
+def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) -> dict:
+    """File to file in blocks: read, resample, enhance, resample back, write; memory bounded by the block."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edge_pse.runtime import audio_io
-    from edge_pse.runtime.runner import run_array
+    from edge_pse.runtime.runner import run_blocks
 
-    clip = audio_io.read_clip(input_spec, session.sample_rate)
-    hops = -(-len(clip.pcm) // session.hop) + 1
+    reader = audio_io.ClipReader(input_spec, session.sample_rate)
+    hops = -(-reader.expected_samples // session.hop) + 1
     show = not args.quiet and sys.stderr.isatty()
-    with Progress(
-        TextColumn("[bold]enhancing[/] {task.fields[name]}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} hops"),
-        TimeRemainingColumn(),
-        disable=not show,
-        transient=True,
-    ) as progress:
+    with (
+        Progress(
+            TextColumn("[bold]enhancing[/] {task.fields[name]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} hops"),
+            TimeRemainingColumn(),
+            disable=not show,
+            transient=True,
+        ) as progress,
+        # the output has the input's rate and exactly its number of frames (mono: the model hears one channel)
+        audio_io.ClipWriter(out_path, session.sample_rate, reader.source_rate, reader.source_frames) as writer,
+    ):
         task = progress.add_task("run", total=hops, name=Path(input_spec).name)
 
         def tick(stats) -> None:
             progress.update(task, completed=stats.hops)
 
-        pcm, stats = run_array(
+        stats = run_blocks(
             session.backend,
-            clip.pcm,
+            reader.blocks(),
+            writer.write,
             hop=session.hop,
             sample_rate=session.sample_rate,
+            expected_hops=hops,
             deadline_ns=int(session.profile.deadline_ms * 1e6),
             tick=tick if show else None,
         )
         progress.update(task, completed=hops)
-    # the output has the input's rate and exactly its number of frames (mono: the model hears one channel)
-    pcm = audio_io.to_source_rate(pcm, clip)
-    audio_io.write_clip(out_path, pcm, clip.source_rate)
-    stats.update(
-        {
-            "mode": "file",
-            "input": str(input_spec),
-            "output": str(out_path),
-            "input_rate": clip.source_rate,
-            "input_channels": clip.source_channels,
-            "input_frames": clip.source_frames,
-            "output_frames": len(pcm),
-            "input_clipped": clip.input_clipped,
-            "input_silent": clip.silent,
-        }
-    )
+        stats = {**describe, **stats}
+        stats.update(
+            {
+                "mode": "file",
+                "input": str(input_spec),
+                "output": str(out_path),
+                "input_rate": reader.source_rate,
+                "input_channels": reader.source_channels,
+                "input_frames": reader.source_frames,
+                "output_frames": reader.source_frames,  # ClipWriter pads or trims to exactly this
+                "input_clipped": reader.input_clipped,
+                "input_silent": reader.silent,
+            }
+        )
+        audio_io.land_together(writer.commit, args.stats, json.dumps(stats, indent=2) + "\n")
     return stats
 
 

@@ -105,6 +105,77 @@ class ArraySink:
         return pcm
 
 
+class BlockSource:
+    """Hops from an iterator of int16 blocks (a file read in blocks): the last partial hop zero-padded, then
+    `flush_hops` zero hops, as ArraySource does for a whole clip; holds at most one block and one hop."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], hop: int, flush_hops: int = 1) -> None:
+        self._blocks = iter(blocks)
+        self.hop = hop
+        self._buf = np.zeros(0, np.int16)
+        self._hop = np.zeros(hop, np.float32)
+        self._flush = flush_hops
+        self._done = False
+        self.samples = 0  # real samples handed out (not the padding)
+
+    def wait_hop(self) -> bool:
+        while len(self._buf) < self.hop and not self._done:
+            block = next(self._blocks, None)
+            if block is None:
+                self._done = True
+            else:
+                self._buf = np.concatenate([self._buf, block])
+        if len(self._buf):
+            return True
+        if self._flush:
+            self._flush -= 1
+            return True
+        return False
+
+    def read_hop(self) -> np.ndarray:
+        n = min(self.hop, len(self._buf))
+        self.samples += n
+        self._hop[n:] = 0.0
+        to_float(self._buf[:n], self._hop[:n])
+        self._buf = self._buf[n:]
+        return self._hop
+
+    def behind(self) -> int:
+        return 0
+
+
+class BlockSink:
+    """Output hops handed on in int16 blocks, the first `delay` samples dropped (the model's one-hop lag), at
+    most `length()` samples in all (the input's length, known once the source is exhausted)."""
+
+    def __init__(self, write: Callable[[np.ndarray], None], hop: int, delay: int, block_hops: int = 100) -> None:
+        self.hop = hop
+        self._write = write
+        self._y = np.zeros(block_hops * hop, np.float32)
+        self._n = 0
+        self._skip = delay
+        self.clipped = 0
+        self.samples = 0
+
+    def write_hop(self, hop: np.ndarray) -> None:
+        k = min(self._skip, self.hop)
+        self._skip -= k
+        self._y[self._n : self._n + self.hop - k] = hop[k:]
+        self._n += self.hop - k
+        if self._n + self.hop > len(self._y):
+            self.flush()
+
+    def flush(self, limit: int | None = None) -> None:
+        """Hand on what is buffered (only up to `limit` samples in all, when given)."""
+        n = self._n if limit is None else max(0, min(self._n, limit - self.samples))
+        if n:
+            pcm, clipped = float_to_int16(self._y[:n])
+            self.clipped += clipped
+            self.samples += n
+            self._write(pcm)
+        self._n = 0
+
+
 def stream(
     backend: Backend,
     source: HopSource,
@@ -180,6 +251,54 @@ def collector_paused() -> Iterator[None]:
         gc.unfreeze()
 
 
+def run_blocks(
+    backend: Backend,
+    blocks: Iterator[np.ndarray],
+    write: Callable[[np.ndarray], None],
+    *,
+    hop: int,
+    sample_rate: int,
+    expected_hops: int,
+    deadline_ns: int | None = None,
+    tick: Callable[[HopStats], None] | None = None,
+) -> dict:
+    """Enhance int16 blocks (a file read in blocks) into `write`, lag compensated exactly as `run_array`: the
+    written samples are as many as were read and equal run_array's output on the same samples. Memory does
+    not depend on the duration. Returns the stats dict (same keys as run_array's)."""
+    source = BlockSource(blocks, hop, flush_hops=1)
+    sink = BlockSink(write, hop, delay=hop)
+    hop_ns = hop * 1_000_000_000 // sample_rate
+    stats = HopStats(expected_hops, deadline_ns or hop_ns)
+    with collector_paused():
+        t0 = time.perf_counter_ns()
+        stream(backend, source, sink, stats, tick=tick)
+        sink.flush(limit=source.samples)
+        wall_ns = time.perf_counter_ns() - t0  # includes reading, resampling and writing the file
+    return _summary(backend, stats, hop, sample_rate, source.samples, sink.samples, wall_ns, sink.clipped)
+
+
+def _summary(backend, stats: HopStats, hop: int, sample_rate: int, n_in: int, n_out: int, wall_ns: int, clipped: int):
+    summary = stats.summary()
+    audio_s = stats.hops * hop / sample_rate
+    summary.update(
+        {
+            "backend": backend.name,
+            "sample_rate": sample_rate,
+            "hop": hop,
+            "input_samples": n_in,
+            "output_samples": n_out,
+            "latency_compensation_samples": hop,
+            "audio_s": round(audio_s, 3),
+            "wall_s": round(wall_ns / 1e9, 4),
+            "rtf": round(wall_ns / 1e9 / audio_s, 5),
+            # the loop's whole cost outside the model call, per hop, incl. what the per-hop clock misses
+            "outside_model_us_per_hop": round((wall_ns - stats.model_total_ns()) / stats.hops / 1e3, 2),
+            "output_clipped": clipped,
+        }
+    )
+    return summary
+
+
 def run_array(
     backend: Backend,
     pcm: np.ndarray,
@@ -199,23 +318,4 @@ def run_array(
         stream(backend, source, sink, stats, tick=tick)
         pcm_out = sink.pcm
         wall_ns = time.perf_counter_ns() - t0  # includes the whole-clip float -> int16 conversion
-    summary = stats.summary()
-    model_total = stats.model_total_ns()
-    audio_s = stats.hops * hop / sample_rate
-    summary.update(
-        {
-            "backend": backend.name,
-            "sample_rate": sample_rate,
-            "hop": hop,
-            "input_samples": len(pcm),
-            "output_samples": len(pcm_out),
-            "latency_compensation_samples": hop,
-            "audio_s": round(audio_s, 3),
-            "wall_s": round(wall_ns / 1e9, 4),
-            "rtf": round(wall_ns / 1e9 / audio_s, 5),
-            # the loop's whole cost outside the model call, per hop, incl. what the per-hop clock misses
-            "outside_model_us_per_hop": round((wall_ns - model_total) / stats.hops / 1e3, 2),
-            "output_clipped": sink.clipped,
-        }
-    )
-    return pcm_out, summary
+    return pcm_out, _summary(backend, stats, hop, sample_rate, len(pcm), len(pcm_out), wall_ns, sink.clipped)
