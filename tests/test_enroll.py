@@ -151,6 +151,20 @@ def test_bad_enrollment_audio_exits_2_with_a_message_and_no_output(tmp_path: Pat
     assert sorted(p.suffix for p in tmp_path.iterdir() if p.suffix == ".spk") == []
 
 
+def test_enroll_never_overwrites_a_recording_with_its_profile(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good.wav"
+    sf.write(good, speech_like(3.0), SR)
+    before = good.read_bytes()
+    link = tmp_path / "link.spk"
+    link.symlink_to(good)
+    for out in (good, link, tmp_path / "." / "good.wav"):
+        assert enroll("--audio", str(good), "--output", str(out)) == 2
+        assert "same file as --audio" in capsys.readouterr().err
+    assert good.read_bytes() == before
+    assert enroll("--audio", str(good), "--output", "/proc/me.spk") == 2  # a folder no one may write
+    assert "cannot write to /proc" in capsys.readouterr().err
+
+
 def test_enroll_cli_exit_code_without_traceback(tmp_path: Path) -> None:
     res = subprocess.run(
         [

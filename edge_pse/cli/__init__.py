@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgePseError as e:
         print(f"edge-pse {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the disk filled up, a folder turned read-only: say what, where, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"edge-pse {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"edge-pse {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -41,11 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from edge_pse.enroll.encoder import average_embeddings, load_encoder
     from edge_pse.enroll.profile import SpeakerProfile, save_profile
     from edge_pse.errors import EdgePseError
+    from edge_pse.runtime import audio_io
 
     if not args.output.parent.is_dir():
         raise EdgePseError(f"output directory does not exist: {args.output.parent}")
     if args.output.is_dir():
         raise EdgePseError(f"--output is a directory: {args.output}")
+    for audio in args.audio:  # a profile written over a recording would lose the recording
+        audio_io.check_distinct({"audio": audio}, {"output": args.output})
+    audio_io.check_writable(args.output)
     clips = [read_enrollment(path) for path in args.audio]  # every clip is checked before any work
     encoder = load_encoder(args.encoder, args.encoder_dir, threads=args.threads)
     console = Console(stderr=True)
