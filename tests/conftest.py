@@ -15,8 +15,12 @@ DATA = Path(os.environ.get("EDGE_PSE_DATA", REPO.parent / "shared" / "data"))
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """../shared/data (or $EDGE_PSE_DATA): real speech, noise and RIRs."""
+    """../shared/data (or $EDGE_PSE_DATA): real speech, noise and RIRs. Without data beside the checkout the
+    tests that need it skip; when $EDGE_PSE_DATA names a folder (CI does when it has the data), a missing or
+    empty one fails them instead, so a CI run that meant to test on real audio cannot silently skip it."""
     if not (DATA / "speech").is_dir():
+        if os.environ.get("EDGE_PSE_DATA"):
+            pytest.fail(f"EDGE_PSE_DATA={DATA} has no speech/ folder")
         pytest.skip(f"real data not found at {DATA} (set EDGE_PSE_DATA)")
     return DATA
 

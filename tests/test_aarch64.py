@@ -102,6 +102,9 @@ def emulated_agent(rootfs: Path, tmp_path_factory):
         proc.wait(timeout=30)
 
 
+SAME_FILE_MIN_SNR_DB = 40.0
+
+
 def local_pcm(bundle: Path, backend: str) -> np.ndarray:
     from edge_pse.bundle import Bundle
     from edge_pse.runtime import audio_io
@@ -141,6 +144,9 @@ def test_emulated_aarch64_agent_matches_x86(emulated_agent: str, int8_bundle: Pa
         print(
             f"\n{name}: {len(x86) / 16000:.2f} s of audio in {took:.1f} s under qemu "
             f"(device p50 {stats['model_us']['p50']:.0f} us/hop), aarch64 vs x86: max |diff| "
-            f"{np.abs(arm - x86).max():.0f} LSB, SNR {snr:.1f} dB (tolerance {min_snr} dB)"
+            f"{np.abs(arm - x86).max():.0f} LSB, SNR {snr:.1f} dB (limit {SAME_FILE_MIN_SNR_DB} dB; int8 vs float "
+            f"{min_snr} dB)"
         )
-        assert snr >= min_snr
+        # the SAME int8 file on two CPUs: only kernel-level rounding may differ, far below the int8-vs-float
+        # tolerance (an ARM numeric bug at 16 dB must fail); measured here: see the printed SNR
+        assert snr >= SAME_FILE_MIN_SNR_DB

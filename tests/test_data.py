@@ -160,3 +160,19 @@ def test_partial_absence_silences_one_end_of_the_target(train_ds) -> None:
         kind, k = ex.meta["absence"].rsplit("-", 1)
         silent = ex.target[: int(k)] if kind == "silent-head" else ex.target[int(k) :]
         assert not silent.any() and np.abs(ex.target).max() > 0 and np.abs(ex.mixture).max() > 0
+
+
+def test_split_assignment_is_pinned() -> None:
+    """Golden id -> split pairs: a change to the hash or the fractions would move training speakers into the
+    held-out split (and every reported figure with them) without any other test noticing."""
+    golden = {
+        "librispeech-train/19": "train",
+        "librispeech-train/40": "val",
+        "librispeech-train/83": "test",
+        "librispeech-train/87": "test",
+        "librispeech-train/103": "train",
+        "noise/esc10/dog_1-100032-A.flac": "train",
+        "rir/house/kitchen.flac": "test",
+        "tts-espeak/en-us+m3-p40-s160": "train",
+    }
+    assert {k: split_of(k) for k in golden} == golden

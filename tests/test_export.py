@@ -1,6 +1,7 @@
 """Export as users run it: each format exports, loads in its own runtime and tracks the float step over a
 100-hop stream; the gate refuses a broken calibration and leaves nothing behind; bad CLI arguments exit 2."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -164,13 +165,22 @@ def test_checkout_script_gives_the_same_errors() -> None:
     assert res.returncode == 2 and "unknown format" in res.stderr
 
 
-def test_missing_shipped_checkpoint_is_a_clear_error() -> None:
-    from edge_pse.model.checkpoint import SHIPPED_DIR
+def test_missing_shipped_checkpoint_is_a_clear_error(tmp_path) -> None:
+    """A copy of the package without its shipped checkpoints, as an install that left them out would be."""
+    import shutil
 
-    if (SHIPPED_DIR / "teacher.pt").exists():
-        pytest.skip("the teacher checkpoint is shipped")
-    res = cli("--student", "teacher")
-    assert res.returncode == 2 and "does not exist yet" in res.stderr
+    shutil.copytree(REPO / "edge_pse", tmp_path / "edge_pse", ignore=shutil.ignore_patterns("*.pt", "bundles"))
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_pse", "export", "--student", "teacher", "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": str(tmp_path)},
+    )
+    assert res.returncode == 2 and "does not exist yet" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused() -> None:
@@ -204,3 +214,19 @@ def test_bundle_refuses_an_unknown_file_format_request(tiny, calib, tmp_path) ->
     assert bundle.manifest["accuracy"]["model.onnx"]["snr_db"] > 60
     with pytest.raises(EdgePseError, match="no pte"):
         bundle.file("pte")
+
+
+@pytest.mark.slow
+def test_cli_gate_on_the_si_sdri_drop_exits_3_and_leaves_nothing(tiny, tmp_path) -> None:
+    """The gate's second branch: the int8 file tracks float well (SNR passes) but a drop limit below any real
+    drop fails it; the documented exit code is 3 and no bundle is left."""
+    from edge_pse.model.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "tiny.pt", tiny, "tiny")
+    out = tmp_path / "bundle"
+    res = cli("--checkpoint", str(tmp_path / "tiny.pt"), "--formats", "onnx", "--output", str(out),
+              "--max-drop-db", "-50")  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    assert "accuracy gate failed" in res.stderr and "SI-SDRi drop" in res.stderr and "(max -50)" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.pt"]

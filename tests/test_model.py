@@ -23,7 +23,7 @@ def test_step_equals_offline_over_10s(name: str) -> None:
         offline = model(wave, spk)
     streamed = run_step(step, wave, spk)
     assert streamed.shape == offline.shape
-    tol = 1e-5 * offline.abs().max()
+    tol = 1e-6 * offline.abs().max()  # the README promises 1e-6 relative
     assert (streamed - offline).abs().max() <= tol
     # the edges are where padding and overlap-add state go wrong: check them on their own
     assert (streamed[:, : cfg.hop] - offline[:, : cfg.hop]).abs().max() <= tol
@@ -67,7 +67,7 @@ def test_every_conditioning_streams_exactly_and_hears_the_speaker(conditioning: 
         offline = model(wave, spk)
         swapped = model(wave, spk.flip(0))
     streamed = run_step(step, wave, spk)
-    assert (streamed - offline).abs().max() <= 1e-6 * offline.abs().max() * 10  # float32 rounding of the fold
+    assert (streamed - offline).abs().max() <= 1e-6 * offline.abs().max()
     # the speaker reaches the output: another embedding changes it by far more than rounding
     assert (swapped - offline).abs().max() > 1e-3 * offline.abs().max()
     if conditioning != "concat":  # the standardisation is part of the model (a buffer saved with it)
