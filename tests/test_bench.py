@@ -207,3 +207,21 @@ def test_every_runtime_runs_the_shipped_int8_bundle_as_a_cell(tmp_path) -> None:
     assert len(rep["cells"]) == len(files)
     for c in rep["cells"]:
         assert c["latency_us"]["p50"] > 0 and c["file_bytes"] == sizes[c["format"], c["quantization"]]
+
+
+def test_bench_without_matplotlib_keeps_every_measurement(fp32_bundle, tmp_path) -> None:
+    """A device install has no matplotlib: the bench still writes report.json and report.md and says why there
+    are no plots, instead of measuring every cell and then losing them at the first plot."""
+    bundle, _ = fp32_bundle
+    out = tmp_path / "report"
+    code = "import sys; sys.modules['matplotlib'] = None\nfrom edge_pse.cli import main; sys.exit(main(sys.argv[1:]))"
+    res = subprocess.run(
+        [sys.executable, "-c", code, "bench", "--models", str(bundle), "--backends", "onnx", "--threads", "1",
+         "--hops", "40", "--warmup", "5", "--output", str(out)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rep = load_report(out / "report.json")
+    assert rep["cells"][0]["latency_us"]["p50"] > 0 and "edge-pse[report]" in rep["plots"]
+    assert "Plots: not drawn: matplotlib is not installed" in (out / "report.md").read_text()
+    assert not list(out.glob("*.png"))

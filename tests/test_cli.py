@@ -34,3 +34,31 @@ def test_bad_arguments_exit_nonzero_without_traceback(args: list[str]) -> None:
     res = edge_pse(*args)
     assert res.returncode == 2
     assert "Traceback" not in res.stderr and "usage:" in res.stderr
+
+
+NO_TORCH = (
+    "import sys; sys.modules['torch'] = None; sys.modules['matplotlib'] = None\n"
+    "from edge_pse.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["models"], "train"),
+        (["export", "--student", "tiny"], "export"),
+        (["evaluate", "--data", "."], "train"),
+        (["train", "--data", ".", "--out", "x"], "train"),
+        (["distill", "--teacher", "tiny", "--data", ".", "--out", "x"], "train"),
+        (["run", "--backend", "torch", "--output", "never.wav"], "train"),
+    ],
+)
+def test_host_commands_on_a_torch_free_install_name_the_extra(args: list[str], extra: str, tmp_path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path
+    )
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == (
+        f"edge-pse {args[0]}: error: this command needs torch, which is not installed: pip install 'edge-pse[{extra}]'"
+    )
+    assert list(tmp_path.iterdir()) == []

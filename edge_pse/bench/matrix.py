@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rich.markup import escape
+
 from edge_pse.bench.plugins import is_plugin_spec, load_factory
 from edge_pse.errors import EdgePseError
 
@@ -295,7 +297,7 @@ def run_matrix(
                 row["prediction_us"] = _prediction(c)
             rows.append(row)
             if "error" in res:
-                log(f"[yellow]{c.key}: {res['error']}[/]")
+                log(f"[yellow]{escape(c.key)}: {escape(res['error'])}[/]")
             bar.advance(task)
     reference, clip = None, None
     if opts.eval_data:

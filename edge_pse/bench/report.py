@@ -160,6 +160,8 @@ def markdown(rep: dict) -> str:
     lines = [f"# edge-pse bench report ({rep['created']})", ""]
     lines += [f"- {x}" for x in machine_lines(rep) + settings_lines(rep)]
     lines += [f"- Note: {n}" for n in rep.get("notes", [])]
+    if rep.get("plots"):
+        lines.append(f"- Plots: {rep['plots']}")
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     ref = rep.get("reference")
@@ -351,24 +353,30 @@ window.addEventListener("load", function () {{
 
 
 PLOTS = {"latency_cdf.png": plot_cdf, "quality_vs_latency.png": plot_pareto}
+NO_PLOTS = "not drawn: matplotlib is not installed (pip install 'edge-pse[report]')"
 
 
 def write_report(rep: dict, out: str | Path, clip: dict | None = None) -> list[Path]:
-    """Write report.json/.md/.html and the plot PNGs into `out`; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Write report.json/.md/.html and the plot PNGs into `out`; returns the paths written. Without matplotlib
+    (a device install) the measurements are still written, and the reports say that plots need the `report`
+    extra: a missing plotting library never loses a bench's measurements."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep = stamp(rep)
     plots: dict[str, bytes] = {}
-    for name, fn in PLOTS.items():
-        png = fn(rep)
-        if png:
-            plots[name] = png
-    spec = plot_spectrograms(clip)
-    if spec:
-        plots["spectrograms.png"] = spec
+    try:
+        import matplotlib
+    except ImportError:
+        rep["plots"] = NO_PLOTS
+    else:
+        matplotlib.use("Agg")
+        for name, fn in PLOTS.items():
+            png = fn(rep)
+            if png:
+                plots[name] = png
+        spec = plot_spectrograms(clip)
+        if spec:
+            plots["spectrograms.png"] = spec
     written = []
     for name, png in plots.items():
         write_bytes(out / name, png)

@@ -28,6 +28,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# a module a command needs -> the extra that installs it (the core install is the torch-free device path)
+EXTRA_OF = {
+    "torch": "train",
+    "scipy": "train",
+    "resemblyzer": "train",
+    "pesq": "train",
+    "pystoi": "train",
+    "pyroomacoustics": "train",
+    "speechmos": "train",
+    "librosa": "train",
+    "executorch": "executorch",
+    "torchao": "export",
+    "litert_torch": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "onnx",
+    "ai_edge_litert": "litert",
+    "matplotlib": "report",
+    "sounddevice": "audio",
+    "faster_whisper": "asr",
+}
+
+
+def missing_extra(e: ImportError, command: str) -> str | None:
+    """The one-line message for a command that needs a package this install lacks, or None if unknown."""
+    top = (e.name or "").split(".")[0]
+    extra = "export" if command == "export" and top in ("torch", "executorch", "torchao") else EXTRA_OF.get(top)
+    return f"this command needs {top}, which is not installed: pip install 'edge-pse[{extra}]'" if extra else None
+
+
 def _load(module: str):
     import importlib
 
@@ -57,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgePseError as e:
         print(f"edge-pse {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ImportError as e:  # a host command on a device install (no torch): name the extra, no traceback
+        message = missing_extra(e, args.command)
+        if message is None:
+            raise
+        print(f"edge-pse {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except OSError as e:  # the disk filled up, a folder turned read-only: say what, where, no traceback
         where = f": {e.filename}" if e.filename else ""
         print(f"edge-pse {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)

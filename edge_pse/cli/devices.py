@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"audio_devices": audio, "audio_error": audio_error, "profiles": rows}, indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 120)
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         )
     console.print(t)
     if audio_error:
-        console.print(f"[yellow]no audio devices: {audio_error}[/]")
+        console.print(f"[yellow]no audio devices: {escape(audio_error)}[/]")
     elif not audio:
         console.print("[yellow]PortAudio sees no audio devices[/]")
     p = Table(title="device profiles (--device NAME; add your own with --profiles FILE or EDGE_PSE_PROFILES)")
