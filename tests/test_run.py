@@ -202,6 +202,16 @@ def test_default_run_uses_the_shipped_bundle_and_demo_or_says_it_is_missing(tmp_
         assert res.returncode == 0, res.stderr
         assert sf.info(tmp_path / "enhanced.wav").frames == sf.info(demo.path(demo.MIXTURE)).frames
         assert "real-time factor" in res.stdout
+        # the demo's score is computed from the files it names, not printed from anywhere else
+        import re
+
+        from edge_pse.eval.metrics import si_sdr
+
+        line = next(x for x in res.stdout.splitlines() if x.startswith("demo: SI-SDR"))
+        before, after = (float(v) for v in re.findall(r"([+-]\d+\.\d+) dB \((?:mixture|enhanced)\)", line))
+        target = sf.read(demo.path(demo.TARGET), dtype="float32")[0]
+        assert before == pytest.approx(si_sdr(sf.read(demo.path(demo.MIXTURE), dtype="float32")[0], target), abs=0.01)
+        assert after == pytest.approx(si_sdr(sf.read(tmp_path / "enhanced.wav", dtype="float32")[0], target), abs=0.01)
     else:
         assert res.returncode == 2 and "shipped tiny int8 bundle is missing" in res.stderr
         assert not (tmp_path / "enhanced.wav").exists()

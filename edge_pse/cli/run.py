@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         stats = _run_file(session, args, input_spec, out_path, describe)
     _print_summary(stats)
+    if args.input is None and args.speaker is None:  # the built-in demo: show what the model did to it
+        _print_demo_score(out_path)
     return 0
 
 
@@ -225,6 +227,24 @@ def _live_table(stats, session):
         str(stats.passed_through),
     )
     return t
+
+
+def _print_demo_score(out_path: Path) -> None:
+    """SI-SDR of the demo's mixture and of the enhanced output against the demo's clean target talker, and the
+    target's level at the output: a user sees whether the other talker and the noise went and the voice stayed."""
+    import soundfile as sf
+
+    from edge_pse import demo
+    from edge_pse.eval.metrics import si_sdr, target_gain_db
+
+    target = sf.read(demo.path(demo.TARGET), dtype="float32")[0]
+    mixture = sf.read(demo.path(demo.MIXTURE), dtype="float32")[0]
+    enhanced = sf.read(out_path, dtype="float32")[0]
+    before, after = si_sdr(mixture, target), si_sdr(enhanced, target)
+    print(
+        f"demo: SI-SDR vs the clean target talker {before:+.2f} dB (mixture) -> {after:+.2f} dB (enhanced), "
+        f"{after - before:+.2f} dB; the target's level at the output {target_gain_db(enhanced, target):+.1f} dB"
+    )
 
 
 def _print_summary(stats: dict) -> None:
