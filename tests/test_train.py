@@ -219,3 +219,78 @@ def test_sigterm_stops_a_cli_run_cleanly_and_it_resumes(synthetic_root, tmp_path
     stopped = payload["extra"]["step"]  # saved at the step it stopped on, not at the last heartbeat
     assert stopped >= json.loads(log.read_text().splitlines()[-1])["step"] >= 50
     assert f"step {stopped}," in stdout.decode()
+
+
+def _cli_env(tmp_path) -> dict:
+    import os
+
+    return os.environ | {"HOME": str(tmp_path)}  # its own d-vector cache
+
+
+def test_ddp_training_with_two_gloo_processes(synthetic_root, tmp_path) -> None:
+    """`torchrun --nproc-per-node 2 -m edge_pse train` as the README shows: both ranks step together, rank 0
+    alone writes the run, and the run resumes in a single process."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    args = ["train", "--preset", "tiny", "--data", str(synthetic_root), "--out", str(out), "--steps", "3",
+            "--batch", "2", "--seconds", "1", "--val-every", "3", "--threads", "1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    res = subprocess.run([*cmd, "-m", "edge_pse", *args], capture_output=True, text=True, timeout=600,
+                         env=_cli_env(tmp_path), check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("tiny: step 3,") == 1  # only rank 0 reports
+    _, payload = load_model(out / "last.pt")
+    assert payload["extra"]["step"] == 3 and [r["step"] for r in payload["extra"]["history"]] == [3]
+    longer = [("4" if a == "3" and args[i - 1] == "--steps" else a) for i, a in enumerate(args)]
+    more = subprocess.run([sys.executable, "-m", "edge_pse", *longer],
+                          capture_output=True, text=True, timeout=600, env=_cli_env(tmp_path), check=False)  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert load_model(out / "last.pt")[1]["extra"]["step"] == 4
+
+
+def test_distill_init_from_the_cli_records_where_the_weights_came_from(synthetic_root, tmp_path) -> None:
+    from edge_pse.cli import main
+
+    out = tmp_path / "ft"
+    args = _distill(synthetic_root, out, "--init", "tiny", "--conditioning", "concat")
+    assert main(args) == 0
+    model, payload = load_model(out / "last.pt")
+    assert model.cfg.conditioning == "concat" and payload["extra"]["lineage"][-1]["source"] == "tiny"
+    shipped, _ = load_model("tiny")  # fine-tuning starts from the shipped weights, not from scratch
+    moved = [(a - b).abs().max().item() for a, b in zip(model.parameters(), shipped.parameters(), strict=True)]
+    assert 0 < max(moved) < 0.1
+
+
+def test_ship_replaces_the_shipped_weights_and_writes_a_card_from_the_run(datasets, tmp_path) -> None:
+    """train/ship.py on a copy of the package (it writes into edge_pse/checkpoints/): the shipped file becomes
+    the run's best weights (fp16 only when lossless) and the card is built from the run's own records."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    pkg = tmp_path / "pkg"
+    shutil.copytree(repo / "edge_pse", pkg / "edge_pse", ignore=shutil.ignore_patterns("bundles", "__pycache__"))
+    run = tmp_path / "run"
+    make_trainer(datasets, run, steps=2, val_every=2).fit(show_progress=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_pse.train.ship", "--run", str(run), "--name", "tiny",
+         "--command", "edge-pse train --preset tiny ...", "--wall-time", "3 s"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": str(pkg)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    shipped, payload = load_model(pkg / "edge_pse" / "checkpoints" / "tiny.pt")
+    best, _ = load_model(run / "best.pt")
+    fp16 = payload["extra"]["stored_fp16"]
+    for a, b in zip(shipped.state_dict().values(), best.state_dict().values(), strict=True):
+        assert torch.equal(a, b.half().float() if fp16 else b)
+    assert "optimizer" not in payload["extra"] and payload["extra"]["fp16_snr_db"] >= 0
+    card = (pkg / "edge_pse" / "checkpoints" / "tiny.md").read_text()
+    assert "edge-pse train --preset tiny ..." in card and "3 s" in card and "Measured quality" in card
+    copied = (pkg / "edge_pse" / "checkpoints" / "tiny.pt").read_bytes()
+    assert copied != (repo / "edge_pse" / "checkpoints" / "tiny.pt").read_bytes()  # the checkout's stays as it was

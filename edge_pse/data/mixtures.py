@@ -12,6 +12,7 @@ per speaker, as in ../shared/data) a segment of the utterance that does not over
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,7 +198,7 @@ class MixtureDataset:
                 ]
             )
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # DDP ranks may compute it at the same time
             np.savez(tmp, embeddings=flat)
             tmp.replace(cache)
         out, i = [], 0
