@@ -80,7 +80,17 @@ def test_fit_writes_checkpoints_and_distillation_uses_the_teacher(datasets, tmp_
         datasets, tmp_path / "s", steps=2, val_every=2, teacher=str(tmp_path / "t" / "last.pt"), kd_weight=1.0
     )
     student.fit(show_progress=False)
-    assert student.teacher is not None and (tmp_path / "s" / "last.pt").exists()
+    assert (tmp_path / "s" / "last.pt").exists()
+    # with kd_weight 1 the target is the teacher's output: the loss is exactly the loss against it, and another
+    # teacher changes it
+    from edge_pse.train.trainer import _batch
+
+    mix, ref, emb = _batch(datasets[0], [0, 1])
+    with torch.no_grad():
+        want = enhancement_loss(student.model(mix, emb), student.teacher(mix, emb))
+        assert student.loss_on(mix, ref, emb).item() == pytest.approx(want.item(), rel=1e-5)
+        student.teacher = make_trainer(datasets, tmp_path / "o", steps=1, seed=9).model.eval()
+        assert student.loss_on(mix, ref, emb).item() != pytest.approx(want.item(), rel=1e-3)
     with pytest.raises(EdgePseError, match="needs --teacher"):
         TrainConfig(preset="tiny", data="", out="x", kd_weight=0.5)
 
