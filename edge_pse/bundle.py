@@ -1,16 +1,20 @@
 """The artifact bundle: the contract between export and the device runtime (docs/bundle.md).
 
 A bundle is a folder with `manifest.json`, the model files it lists and `report.md`. The runtime trusts
-nothing the manifest does not describe: `Bundle.load` checks the schema and the sha256 of every listed file.
-Torch-free on purpose: this is what a Raspberry Pi reads.
+nothing the manifest does not describe: `Bundle.load` checks the schema (types, ranges and the consistency of
+the numbers the runtime uses: hop, rate, speaker, tensor shapes, int8 scales), the manifest's own digest
+(`manifest_sha256`, when it has one) and the sha256 of every listed file, and keeps every path inside the
+bundle. Torch-free on purpose: this is what a Raspberry Pi reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edge_pse.errors import EdgePseError
 
@@ -20,6 +24,35 @@ MANIFEST = "manifest.json"
 FORMATS = ("pte", "tflite", "onnx")
 QUANTIZATIONS = ("fp32", "int8-ptq", "int8-qat")
 _REQUIRED = ("schema", "schema_version", "preset", "config", "sample_rate", "hop", "speaker", "io", "files")
+DIGEST_KEY = "manifest_sha256"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+MAX_DIM = 1 << 16  # any one tensor dimension, hop or speaker size
+# tensor dtypes a model file may declare; the integer ones marked True carry a scale and zero point (int8 I/O)
+DTYPES = {
+    "float32": False,
+    "float16": False,
+    "int8": True,
+    "uint8": True,
+    "int16": True,
+    "int32": False,
+    "int64": False,
+}
+_ZP_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest field: covers every number in it (the
+    per-file sha256 list covers only the model files)."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seal_manifest(manifest: dict) -> dict:
+    """`manifest` with its digest set (call last, after every other field is final)."""
+    return {**{k: v for k, v in manifest.items() if k != DIGEST_KEY}, DIGEST_KEY: manifest_digest(manifest)}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -104,7 +137,8 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:
-        """Read and verify a bundle: schema, every listed file present with a matching sha256."""
+        """Read and verify a bundle: schema, digest, every listed file present (inside the folder) with a
+        matching sha256."""
         path = Path(path)
         if not path.is_dir():
             raise EdgePseError(f"bundle {path} not found (expected a folder with {MANIFEST})")
@@ -112,12 +146,19 @@ class Bundle:
         if not mpath.is_file():
             raise EdgePseError(f"{path} is not a bundle: no {MANIFEST}")
         try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+                raise EdgePseError(f"{mpath}: larger than {MAX_MANIFEST_BYTES} bytes, not a manifest")
+            manifest = json.loads(mpath.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise EdgePseError(f"cannot read {mpath}: {e}") from None
+        except RecursionError:
+            raise EdgePseError(f"cannot read {mpath}: JSON nested too deeply") from None
         files = validate_manifest(manifest, mpath)
+        root = path.resolve()
         for entry in [*files, *_extra_files(manifest)]:
             fpath = path / entry.path
+            if not fpath.resolve().is_relative_to(root):  # a symlink inside the folder pointing out of it
+                raise EdgePseError(f"bundle {path}: {entry.path} leads outside the bundle folder")
             if not fpath.is_file():
                 raise EdgePseError(f"bundle {path}: listed file {entry.path} is missing")
             if sha256_file(fpath) != entry.sha256:
@@ -159,34 +200,164 @@ def _extra_files(manifest: dict) -> list[_Extra]:
     return [_Extra(ref["path"], ref["sha256"])] if ref else []
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a manifest may hold")
+
+
+def _inside(p: object) -> bool:
+    """A relative POSIX path that stays in the bundle folder (no '..', no absolute path, no drive, no NUL)."""
+    if not isinstance(p, str) or not p or len(p) > 255 or "\\" in p or any(ord(c) < 32 for c in p):
+        return False
+    pp = PurePosixPath(p)
+    return not pp.is_absolute() and ".." not in pp.parts and ":" not in pp.parts[0]
+
+
+def _int(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_tensor(t: object, where: str) -> list[int]:
+    """One tensor spec: name, dtype, positive shape; int8-like tensors carry a finite positive scale and a zero
+    point their dtype can hold, float ones carry neither. Returns the shape."""
+    if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t["name"]:
+        raise EdgePseError(f"{where}: must be an object with a name")
+    dtype = t.get("dtype")
+    if dtype not in DTYPES:
+        raise EdgePseError(f"{where} ({t['name']}): dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    shape = t.get("shape")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 4 or not all(_int(d, 1, MAX_DIM) for d in shape):
+        raise EdgePseError(f"{where} ({t['name']}): shape {shape!r} must be 1-4 positive integer dimensions")
+    scale, zp = t.get("scale"), t.get("zero_point")
+    if DTYPES[dtype]:
+        lo, hi = _ZP_RANGE[dtype]
+        if not _number(scale) or not 0 < scale < 1e6:
+            raise EdgePseError(f"{where} ({t['name']}): {dtype} needs a finite positive scale, got {scale!r}")
+        if not _int(zp, lo, hi):
+            raise EdgePseError(f"{where} ({t['name']}): zero_point {zp!r} does not fit {dtype}")
+    elif scale is not None or zp is not None:
+        raise EdgePseError(f"{where} ({t['name']}): a {dtype} tensor has no scale or zero point")
+    return shape
+
+
+def _check_tensors(ts: object, where: str) -> list[list[int]]:
+    if not isinstance(ts, list) or not ts or len(ts) > 256:
+        raise EdgePseError(f"{where}: must be a non-empty list of tensors")
+    return [_check_tensor(t, f"{where}[{i}]") for i, t in enumerate(ts)]
+
+
+def _check_numbers(manifest: dict, where: str | Path) -> tuple[int, int]:
+    """The numbers the runtime acts on: they must be what they claim and agree with each other."""
+    hop, rate, cfg, spk = manifest["hop"], manifest["sample_rate"], manifest["config"], manifest["speaker"]
+    if not _int(hop, 1, MAX_DIM):
+        raise EdgePseError(f"{where}: hop {hop!r} must be a positive integer")
+    if not _int(rate, 1, 10**6) or rate not in SAMPLE_RATES:
+        raise EdgePseError(f"{where}: sample_rate {rate!r} must be one of {SAMPLE_RATES}")
+    if not isinstance(cfg, dict):
+        raise EdgePseError(f"{where}: 'config' must be an object")
+    for key, want in (("hop", hop), ("sample_rate", rate)):
+        if key in cfg and cfg[key] != want:
+            raise EdgePseError(f"{where}: config.{key} {cfg[key]!r} disagrees with {key} {want!r}")
+    if not isinstance(spk, dict) or not _int(spk.get("dim"), 1, MAX_DIM):
+        raise EdgePseError(f"{where}: 'speaker' must be an object with an integer dim")
+    if not isinstance(spk.get("encoder"), str) or not spk["encoder"]:
+        raise EdgePseError(f"{where}: speaker.encoder must name the speaker encoder")
+    if "spk_dim" in cfg and cfg["spk_dim"] != spk["dim"]:
+        raise EdgePseError(f"{where}: config.spk_dim {cfg['spk_dim']!r} disagrees with speaker.dim {spk['dim']!r}")
+    for key in ("tolerance", "costs"):
+        block = manifest.get(key)
+        if block is not None and (not isinstance(block, dict) or not all(_number(v) for v in block.values())):
+            raise EdgePseError(f"{where}: '{key}' must map names to finite numbers")
+    return hop, spk["dim"]
+
+
+def _check_file_io(io: object, where: str, hop: int, dim: int, states: list[list[int]]) -> None:
+    """A model file's tensors in call order: hop, spk, states... in; out, new states... out."""
+    if not isinstance(io, dict):
+        raise EdgePseError(f"{where}.io must be an object")
+    ins, outs = (
+        _check_tensors(io.get("inputs"), f"{where}.io.inputs"),
+        _check_tensors(io.get("outputs"), f"{where}.io.outputs"),
+    )
+    if len(ins) != 2 + len(states) or len(outs) != 1 + len(states):
+        raise EdgePseError(
+            f"{where}.io: {len(ins)} inputs and {len(outs)} outputs, expected {2 + len(states)} and "
+            f"{1 + len(states)} (hop, spk and {len(states)} states in; out and the states out)"
+        )
+    if ins[0] != [1, hop] or outs[0] != [1, hop] or ins[1] != [1, dim]:
+        raise EdgePseError(
+            f"{where}.io: hop/out must be [1, {hop}] and spk [1, {dim}], got {ins[0]}, {outs[0]}, {ins[1]}"
+        )
+    for k, shape in enumerate(states):
+        if ins[2 + k] != shape or outs[1 + k] != shape:
+            raise EdgePseError(
+                f"{where}.io: state {k} has shape {ins[2 + k]} in, {outs[1 + k]} out; io.states says {shape}"
+            )
+
+
 def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[FileEntry]:
-    """Check the manifest's schema; returns its file entries. Raises EdgePseError saying what is wrong."""
+    """Check the manifest's schema; returns its file entries. Raises EdgePseError saying what is wrong.
+
+    A manifest with `manifest_sha256` must match it (a hand-edited scale or rate is refused). Older manifests
+    have none: they load, their numbers checked by the schema alone (`edge_pse/bundles/` carry one)."""
     if not isinstance(manifest, dict):
         raise EdgePseError(f"{where}: not a JSON object")
     if manifest.get("schema") != SCHEMA:
         raise EdgePseError(f"{where}: not an edge-pse bundle manifest (schema {manifest.get('schema')!r})")
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+    if not _int(version, 1, SCHEMA_VERSION):
         raise EdgePseError(f"{where}: bundle schema version {version!r}; this edge-pse reads 1..{SCHEMA_VERSION}")
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise EdgePseError(f"{where}: missing keys {missing}")
+    if not isinstance(manifest["preset"], str):
+        raise EdgePseError(f"{where}: 'preset' must be a string")
+    hop, dim = _check_numbers(manifest, where)
+    io = manifest["io"]
+    if not isinstance(io, dict) or not isinstance(io.get("states"), list):
+        raise EdgePseError(f"{where}: 'io' must be an object with inputs, outputs and states")
+    _check_tensors(io.get("inputs"), "io.inputs")
+    _check_tensors(io.get("outputs"), "io.outputs")
+    states = [_check_tensor(t, f"io.states[{i}]") for i, t in enumerate(io["states"])]
     if not isinstance(manifest["files"], list) or not manifest["files"]:
         raise EdgePseError(f"{where}: 'files' must be a non-empty list")
     entries = []
     for i, d in enumerate(manifest["files"]):
+        if not isinstance(d, dict):
+            raise EdgePseError(f"{where}: files[{i}] is malformed (not an object)")
         try:
             entry = FileEntry.from_dict(d)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise EdgePseError(f"{where}: files[{i}] is malformed ({e!r})") from None
         if entry.format not in FORMATS:
             raise EdgePseError(f"{where}: files[{i}] has unknown format {entry.format!r} (known: {FORMATS})")
         if entry.quantization not in QUANTIZATIONS:
             raise EdgePseError(f"{where}: files[{i}] has unknown quantization {entry.quantization!r}")
-        if Path(entry.path).is_absolute() or ".." in Path(entry.path).parts:
+        if not _inside(entry.path):
             raise EdgePseError(f"{where}: files[{i}] path {entry.path!r} must stay inside the bundle")
+        if not isinstance(d["sha256"], str) or not _HEX64.fullmatch(d["sha256"]) or not _int(d["bytes"], 0, 1 << 40):
+            raise EdgePseError(f"{where}: files[{i}] needs sha256 (64 lower-case hex digits) and a byte count")
+        _check_file_io(d["io"], f"files[{i}]", hop, dim, states)
         entries.append(entry)
     ref = manifest.get("reference")
-    if ref is not None and (not isinstance(ref, dict) or not {"path", "sha256"} <= set(ref)):
-        raise EdgePseError(f"{where}: 'reference' must have path and sha256")
+    if ref is not None:
+        if not isinstance(ref, dict) or not {"path", "sha256"} <= set(ref):
+            raise EdgePseError(f"{where}: 'reference' must have path and sha256")
+        if not _inside(ref["path"]):
+            raise EdgePseError(f"{where}: reference path {ref['path']!r} must stay inside the bundle")
+        if not isinstance(ref["sha256"], str) or not _HEX64.fullmatch(ref["sha256"]):
+            raise EdgePseError(f"{where}: reference sha256 must be 64 lower-case hex digits")
+    # last: a malformed edit gets the schema's specific message, a well-formed one the digest's
+    if DIGEST_KEY in manifest:
+        try:
+            digest = manifest_digest(manifest)
+        except ValueError as e:
+            raise EdgePseError(f"{where}: {e}") from None
+        if manifest[DIGEST_KEY] != digest:
+            raise EdgePseError(
+                f"{where}: the manifest does not match its {DIGEST_KEY} (modified or corrupt); re-export the bundle"
+            )
     return entries

@@ -4,13 +4,25 @@ Runs on the Pi with only the torch-free runtime (bundle reading + LiteRT/ONNX ba
 connection; stream sessions outlive their connection so that a host whose link drops can reconnect and resume
 exactly where it was: the agent keeps each session's model state, the number of input hops it has processed
 and its last RESUME_WINDOW output hops (docs/protocol.md).
+
+Admission (`Gate`): a login must finish within HANDSHAKE_TIMEOUT_S in all (a monotonic deadline, not per
+recv), logins in progress have their own small pool with a per-address cap (a full pool drops the oldest
+login of the address holding the most for a newcomer), logged-in connections have theirs, and an address
+with too many failed logins is refused for a while. So a peer without the token can hold at most a few slots,
+briefly, and never the ones a host with the token needs.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import itertools
 import json
+import logging
+import math
 import os
 import platform
+import re
 import secrets
 import socket
 import subprocess
@@ -18,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +42,44 @@ from firmware_host import protocol as P
 from firmware_host.protocol import T
 from firmware_host.store import Store, Upload
 
-AUTH_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 5.0  # the whole login (HELLO to AUTH), however the peer drips its bytes
 IDLE_TIMEOUT_S = 120.0  # a connection silent this long is closed (its stream session stays resumable)
-SESSION_TTL_S = 600.0  # a detached session is dropped after this long
+SESSION_TTL_S = 60.0  # the resume window: a session whose connection dropped is kept this long, then freed
 MAX_SESSIONS = 8
-MAX_CONNECTIONS = 32
+MAX_CONNECTIONS = 32  # logged-in connections
+MAX_PENDING = 16  # connections still logging in: a pool of their own
+MAX_PENDING_PER_ADDRESS = 4
+MAX_FAILED_LOGINS = 5  # per address within FAILED_LOGIN_WINDOW_S; more and the address is refused until they age
+FAILED_LOGIN_WINDOW_S = 60.0
+MAX_TRACKED_ADDRESSES = 4096
 RESUME_WINDOW = 512  # output hops kept per session for a resumed stream (5.12 s of audio)
 WARMUP_HOPS = 5
+MAX_THREADS = 64
 REPORT_BYTES = 3 * 1024 * 1024  # bench report files returned in one REPLY (its cap is 4 MiB)
+# accept() failures that pass (descriptor or memory exhaustion, a peer that gave up while queued): back off, go on
+TRANSIENT_ACCEPT_ERRORS = {
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOBUFS,
+    errno.ENOMEM,
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.EPERM,
+    errno.EINTR,
+    errno.EAGAIN,
+    errno.ENETDOWN,
+    errno.EHOSTUNREACH,
+}
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+log = logging.getLogger("edge_pse.agent")
+
+
+class Busy(EdgePseError):
+    """The agent cannot take this now; `retry_after_s` says when it expects to (None: when a stream ends)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -54,13 +96,158 @@ class StreamSession:
     touched: float = field(default_factory=time.monotonic)
 
 
+def address_key(host: str) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64 (one host often holds a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+@dataclass
+class _Pending:
+    sock: socket.socket
+    key: str
+
+
+class Gate:
+    """Admission control (thread-safe): a pool for logins in progress with a per-address cap, a pool for
+    logged-in connections, and a sliding window of failed logins per address."""
+
+    def __init__(self, max_pending: int, per_address: int, max_connections: int) -> None:
+        self.max_pending, self.per_address, self.max_connections = max_pending, per_address, max_connections
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}  # ticket -> login in progress; tickets grow with time
+        self._tickets = itertools.count()
+        self._connections = 0
+        self._failures: dict[str, deque[float]] = {}
+
+    def admit(self, sock: socket.socket, key: str) -> tuple[int | None, str | None, socket.socket | None]:
+        """(ticket, None, evicted) for a connection that may log in, or (None, why not, None). When the pool is
+        full, a login is evicted for this one: the oldest of the address holding the most. So a crowd of slow
+        logins cannot starve a fast one from an address of its own."""
+        with self._lock:
+            wait = self._blocked_for(key)
+            if wait > 0:
+                return None, f"too many failed logins from {key}; try again in {math.ceil(wait)} s", None
+            if sum(p.key == key for p in self._pending.values()) >= self.per_address:
+                return None, f"too many connections from {key} still logging in (at most {self.per_address})", None
+            evicted = None
+            if len(self._pending) >= self.max_pending:
+                evicted = self._pending.pop(self._victim()).sock
+            ticket = next(self._tickets)
+            self._pending[ticket] = _Pending(sock, key)
+            return ticket, None, evicted
+
+    def _victim(self) -> int:
+        """The ticket to evict: the oldest login of the address with the most logins in progress."""
+        counts = Counter(p.key for p in self._pending.values())
+        return min(self._pending, key=lambda t: (-counts[self._pending[t].key], t))
+
+    def evict(self) -> socket.socket | None:
+        """Drop one login in progress (to free a descriptor when accept() runs out of them)."""
+        with self._lock:
+            return self._pending.pop(self._victim()).sock if self._pending else None
+
+    def logged_in(self, ticket: int) -> str | None:
+        """Move a login to the logged-in pool; the reason it cannot (evicted, pool full), or None."""
+        with self._lock:
+            if self._pending.pop(ticket, None) is None:
+                return "the login took too long (the agent dropped it for other connections)"
+            if self._connections >= self.max_connections:
+                return f"agent busy: {self.max_connections} connections open; try again when one closes"
+            self._connections += 1
+            return None
+
+    def release(self, ticket: int, logged_in: bool) -> None:
+        with self._lock:
+            self._pending.pop(ticket, None)
+            if logged_in:
+                self._connections -= 1
+
+    def failed_login(self, key: str) -> int:
+        """Record a failed login from `key`; how many it has in the window now."""
+        now = time.monotonic()
+        with self._lock:
+            q = self._failures.pop(key, None) or deque()
+            while q and q[0] < now - FAILED_LOGIN_WINDOW_S:
+                q.popleft()
+            q.append(now)
+            self._failures[key] = q  # re-inserted: the dict stays ordered by last failure
+            self._prune(now)
+            return len(q)
+
+    def blocked_for(self, key: str) -> float:
+        with self._lock:
+            return self._blocked_for(key)
+
+    def _blocked_for(self, key: str) -> float:
+        q = self._failures.get(key)
+        if not q:
+            return 0.0
+        now = time.monotonic()
+        while q and q[0] < now - FAILED_LOGIN_WINDOW_S:
+            q.popleft()
+        if len(q) < MAX_FAILED_LOGINS:
+            return 0.0
+        return q[-MAX_FAILED_LOGINS] + FAILED_LOGIN_WINDOW_S - now
+
+    def _prune(self, now: float) -> None:
+        """Bound the failure table: forget addresses whose failures aged out, then the least recent ones."""
+        if len(self._failures) <= MAX_TRACKED_ADDRESSES:
+            return
+        for k in [k for k, q in self._failures.items() if not q or q[-1] < now - FAILED_LOGIN_WINDOW_S]:
+            del self._failures[k]
+        while len(self._failures) > MAX_TRACKED_ADDRESSES:
+            del self._failures[next(iter(self._failures))]
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Wake the thread blocked on `sock` (its recv returns) without closing the descriptor under it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _refuse(sock: socket.socket, code: str, message: str) -> None:
+    """Tell a connection we do not serve why (one ERROR frame, never blocking the accept loop), then close it."""
+    try:
+        sock.setblocking(False)
+        sock.send(P.encode_json(T.ERROR, {"code": code, "message": message}))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 class Agent:
-    def __init__(self, root: str | Path, token: bytes, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        token: bytes,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
+        max_pending: int = MAX_PENDING,
+        max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
+        max_connections: int = MAX_CONNECTIONS,
+        max_sessions: int = MAX_SESSIONS,
+        session_ttl: float = SESSION_TTL_S,
+    ) -> None:
         self.store = Store(root)
         self.token = token
         self.sessions: dict[str, StreamSession] = {}
+        self.handshake_timeout, self.max_sessions, self.session_ttl = handshake_timeout, max_sessions, session_ttl
+        self.gate = Gate(max_pending, max_pending_per_address, max_connections)
         self._lock = threading.RLock()
-        self._conns = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._opening = 0  # sessions being opened (their backend loading): they count against max_sessions
         self._sock = socket.create_server((host, port), reuse_port=False)
         self._stop = threading.Event()
         self.address = self._sock.getsockname()[:2]
@@ -68,19 +255,45 @@ class Agent:
     # --- serving
 
     def serve_forever(self) -> None:
+        """Accept until `close()`. A failing accept() (no descriptors left, no memory) is logged and retried
+        with back-off; only a listening socket that cannot work any more ends it, with an EdgePseError."""
         self._sock.settimeout(0.5)
+        backoff = 0.0
         while not self._stop.is_set():
             try:
                 conn, peer = self._sock.accept()
             except TimeoutError:
                 self._expire_sessions()
                 continue
-            except OSError:
-                break
-            if not self._conns.acquire(blocking=False):
-                conn.close()  # at capacity: refuse rather than queue
+            except OSError as e:
+                if self._stop.is_set():
+                    break
+                if e.errno not in TRANSIENT_ACCEPT_ERRORS:
+                    log.critical("cannot accept connections any more (%s): stopping", e)
+                    raise EdgePseError(f"the agent stopped: accepting a connection failed ({e})") from None
+                backoff = min(max(2 * backoff, 0.05), 1.0)
+                if e.errno in (errno.EMFILE, errno.ENFILE) and (old := self.gate.evict()) is not None:
+                    _shutdown(old)  # its thread closes it: one descriptor back
+                log.error("accepting a connection failed (%s); still serving, retrying in %.2f s", e, backoff)
+                self._stop.wait(backoff)
                 continue
-            threading.Thread(target=self._serve_conn, args=(conn, peer), daemon=True).start()
+            backoff = 0.0
+            self._admit(conn, peer)
+
+    def _admit(self, conn: socket.socket, peer) -> None:
+        key = address_key(peer[0])
+        ticket, refusal, evicted = self.gate.admit(conn, key)
+        if evicted is not None:
+            _shutdown(evicted)
+        if ticket is None:
+            _refuse(conn, "busy", refusal or "refused")
+            return
+        try:
+            threading.Thread(target=self._serve_conn, args=(conn, key, ticket), daemon=True).start()
+        except RuntimeError as e:  # no thread left to serve it
+            self.gate.release(ticket, False)
+            log.error("cannot start a connection thread (%s)", e)
+            _refuse(conn, "busy", "agent busy: cannot serve another connection now")
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, daemon=True)
@@ -91,29 +304,56 @@ class Agent:
         self._stop.set()
         self._sock.close()
 
-    def _serve_conn(self, conn: socket.socket, peer) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        handler = _Connection(self, conn)
+    def _serve_conn(self, conn: socket.socket, key: str, ticket: int) -> None:
+        handler = _Connection(self, conn, key, ticket)
+        broken = False
         try:
-            conn.settimeout(AUTH_TIMEOUT_S)
-            if handler.authenticate():
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if handler.authenticate(time.monotonic() + self.handshake_timeout):
                 conn.settimeout(IDLE_TIMEOUT_S)
                 handler.loop()
         except P.ProtocolError as e:
+            broken = True  # the stream cannot go on from this state: free its session now
             handler.send_error("protocol", str(e))
         except (ConnectionError, TimeoutError, OSError):
             pass
         finally:
-            handler.detach()
+            handler.detach(free=broken)
             conn.close()
-            self._conns.release()
+            self.gate.release(ticket, handler.logged_in)
 
     def _expire_sessions(self) -> None:
         now = time.monotonic()
         with self._lock:
             for sid, s in list(self.sessions.items()):
-                if s.owner is None and now - s.touched > SESSION_TTL_S:
+                if s.owner is None and now - s.touched > self.session_ttl:
                     del self.sessions[sid]
+
+    def close_session(self, sid: str) -> StreamSession | None:
+        """Free a session; a connection still attached to it gets a protocol error at its next hop."""
+        with self._lock:
+            s = self.sessions.pop(sid, None)
+        if s is not None:
+            with s.lock:
+                s.owner = None
+        return s
+
+    def _busy(self) -> Busy:
+        """Why no session can open now and when one frees up (the oldest detached one's expiry)."""
+        now = time.monotonic()
+        waits = [s.touched + self.session_ttl - now for s in self.sessions.values() if s.owner is None]
+        n = len(self.sessions) + self._opening
+        if waits:
+            wait = max(1, math.ceil(min(waits)))
+            return Busy(
+                f"agent busy: {n} stream sessions open (at most {self.max_sessions}); one frees up in {wait} s "
+                f"(a dropped stream is kept {self.session_ttl:g} s for resuming)",
+                wait,
+            )
+        return Busy(
+            f"agent busy: {n} stream sessions open (at most {self.max_sessions}), all streaming now; "
+            "one frees up when its stream ends or its connection drops"
+        )
 
     # --- operations
 
@@ -132,58 +372,89 @@ class Agent:
     def open_stream(self, req: dict) -> StreamSession:
         from edge_pse.runtime.backends import open_backend
 
-        bundle = self.store.active_bundle()
-        hop = int(bundle.manifest["hop"])
-        if hop != P.HOP:
-            raise EdgePseError(f"bundle hop {hop} differs from the protocol's {P.HOP}")
-        spk = req.get("speaker")
-        if not isinstance(spk, list) or len(spk) != int(bundle.manifest["speaker"]["dim"]):
-            raise EdgePseError(f"speaker must be a list of {bundle.manifest['speaker']['dim']} floats")
         threads = req.get("threads") or 1
-        if not isinstance(threads, int) or not 1 <= threads <= 64:
-            raise EdgePseError("threads must be an int in 1..64")
+        if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise EdgePseError(f"threads must be an int in 1..{MAX_THREADS}")
         with self._lock:
             self._expire_sessions()
-            if len(self.sessions) >= MAX_SESSIONS:
-                raise EdgePseError(f"agent busy: {MAX_SESSIONS} stream sessions open")
-        backend = open_backend(bundle, req.get("backend"), threads=threads, quantization=req.get("quantization"))
-        backend.set_speaker(np.asarray(spk, dtype=np.float32))
-        zeros = np.zeros(hop, np.float32)
-        for _ in range(WARMUP_HOPS):
-            backend.process(zeros)
-        backend.reset()
-        info = {
-            "bundle": bundle.path.name,
-            "preset": bundle.manifest.get("preset"),
-            "backend": backend.name,
-            "model_file": backend.entry.path if backend.entry else None,
-            "quantization": backend.entry.quantization if backend.entry else "fp32",
-            "threads": threads,
-            "hop": hop,
-            "sample_rate": int(bundle.manifest["sample_rate"]),
-            "tolerance": bundle.tolerance,
-            "resume_window": RESUME_WINDOW,
-        }
-        s = StreamSession(secrets.token_hex(16), backend, info)
-        with self._lock:
-            self.sessions[s.id] = s
-        return s
+            if len(self.sessions) + self._opening >= self.max_sessions:
+                raise self._busy()
+            self._opening += 1  # the slot is ours while the backend loads
+        try:
+            with self.store.using_active() as bundle:
+                hop = int(bundle.manifest["hop"])
+                if hop != P.HOP:
+                    raise EdgePseError(f"bundle hop {hop} differs from the protocol's {P.HOP}")
+                spk = req.get("speaker")
+                if not isinstance(spk, list) or len(spk) != int(bundle.manifest["speaker"]["dim"]):
+                    raise EdgePseError(f"speaker must be a list of {bundle.manifest['speaker']['dim']} floats")
+                backend = open_backend(
+                    bundle, req.get("backend"), threads=threads, quantization=req.get("quantization")
+                )
+                info = {
+                    "bundle": bundle.path.name,
+                    "preset": bundle.manifest.get("preset"),
+                    "sample_rate": int(bundle.manifest["sample_rate"]),
+                    "tolerance": bundle.tolerance,
+                }
+            backend.set_speaker(np.asarray(spk, dtype=np.float32))
+            zeros = np.zeros(hop, np.float32)
+            for _ in range(WARMUP_HOPS):
+                backend.process(zeros)
+            backend.reset()
+            info.update(
+                {
+                    "backend": backend.name,
+                    "model_file": backend.entry.path if backend.entry else None,
+                    "quantization": backend.entry.quantization if backend.entry else "fp32",
+                    "threads": threads,
+                    "hop": hop,
+                    "resume_window": RESUME_WINDOW,
+                    "session_ttl_s": self.session_ttl,
+                }
+            )
+            s = StreamSession(secrets.token_hex(16), backend, info)
+            with self._lock:
+                self.sessions[s.id] = s
+            return s
+        finally:
+            with self._lock:
+                self._opening -= 1
 
     def bench(self, req: dict) -> dict:
         """Timings of the active bundle on this device (always) and the full `edge-pse bench` report when
         the bench module is installed here."""
-        bundle = self.store.active_bundle()
+        from edge_pse.runtime.backends import BACKENDS
+
+        backends = req.get("backends") or [None]
+        if (
+            not isinstance(backends, list)
+            or len(backends) > len(BACKENDS)
+            or any(b is not None and b not in BACKENDS for b in backends)
+        ):
+            raise EdgePseError(f"backends must be a list of {', '.join(BACKENDS)}")
+        threads = req.get("threads") or [1]
+        if (
+            not isinstance(threads, list)
+            or len(threads) > 8
+            or any(not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= MAX_THREADS for t in threads)
+        ):
+            raise EdgePseError(f"threads must be a list of at most 8 ints in 1..{MAX_THREADS}")
+        device = req.get("device")
+        if device is not None and (not isinstance(device, str) or not _DEVICE_NAME.fullmatch(device)):
+            raise EdgePseError("device must be a device profile name")
         hops = req.get("hops", 2000)
         if not isinstance(hops, int) or not 10 <= hops <= 100_000:
             raise EdgePseError("hops must be an int in 10..100000")
-        backends = req.get("backends") or [None]
-        threads = req.get("threads") or [1]
-        cells = [_probe(bundle, b, t, hops) for b in backends for t in threads]
-        report = {"machine": machine_info(), "bundle": bundle.path.name, "preset": bundle.manifest.get("preset")}
-        report["manifest"] = {k: bundle.manifest[k] for k in ("config", "hop", "sample_rate") if k in bundle.manifest}
-        report["manifest"]["costs"] = bundle.manifest.get("costs", {})
-        report["probe"] = cells
-        report["bench"] = _run_bench_cli(bundle.path, req)
+        with self.store.using_active() as bundle:
+            cells = [_probe(bundle, b, t, hops) for b in backends for t in threads]
+            report = {"machine": machine_info(), "bundle": bundle.path.name, "preset": bundle.manifest.get("preset")}
+            report["manifest"] = {
+                k: bundle.manifest[k] for k in ("config", "hop", "sample_rate") if k in bundle.manifest
+            }
+            report["manifest"]["costs"] = bundle.manifest.get("costs", {})
+            report["probe"] = cells
+            report["bench"] = _run_bench_cli(bundle.path, req)
         return report
 
 
@@ -280,61 +551,98 @@ def machine_info() -> dict:
 
 
 class _Connection:
-    """One client connection: authentication, then requests, uploads and hop frames."""
+    """One client connection: authentication, then requests, uploads and hop frames (all MAC-checked)."""
 
-    def __init__(self, agent: Agent, conn: socket.socket) -> None:
-        self.agent, self.conn = agent, conn
+    def __init__(self, agent: Agent, conn: socket.socket, key: str = "?", ticket: int = -1) -> None:
+        self.agent, self.conn, self.key, self.ticket = agent, conn, key, ticket
+        self.chan: P.Channel | None = None  # set by the login: every later frame is authenticated
+        self.logged_in = False
         self.upload: Upload | None = None
         self.session: StreamSession | None = None
 
-    def send_error(self, code: str, message: str) -> None:
+    def send(self, frame: bytes) -> None:
+        if self.chan is None:
+            P.send(self.conn, frame)
+        else:
+            self.chan.send(frame)
+
+    def send_error(self, code: str, message: str, **extra) -> None:
         try:
-            P.send(self.conn, P.encode_json(T.ERROR, {"code": code, "message": message[:4000]}))
+            self.send(P.encode_json(T.ERROR, {"code": code, "message": message[:4000], **extra}))
         except OSError:
             pass
 
-    def authenticate(self) -> bool:
+    def authenticate(self, deadline: float) -> bool:
+        """The login, all of it before `deadline` (monotonic). Failed logins are logged and counted per address;
+        an address over the limit is refused before its proof is even checked."""
+        gate = self.agent.gate
         nonce = P.new_nonce()
         P.send(self.conn, P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce}))
-        msg = P.recv_frame(self.conn)
+        msg = P.recv_frame(self.conn, deadline)
         if msg.type != T.AUTH:
             raise P.ProtocolError(f"expected AUTH, got {msg.type.name}")
         auth = msg.json()
         client_nonce = auth.get("nonce")
         if not isinstance(client_nonce, str) or len(client_nonce) != 2 * P.NONCE_BYTES:
             raise P.ProtocolError("AUTH needs the client's nonce")
+        wait = gate.blocked_for(self.key)
+        if wait > 0:
+            self.send_error("auth", f"too many failed logins from {self.key}; try again in {math.ceil(wait)} s")
+            return False
         if not P.check_mac(P.auth_mac(self.agent.token, b"client", nonce, client_nonce), auth.get("mac")):
+            n = gate.failed_login(self.key)
+            log.warning("failed login from %s: wrong token (%d in the last %g s)", self.key, n, FAILED_LOGIN_WINDOW_S)
+            if n >= MAX_FAILED_LOGINS:
+                log.warning("refusing %s for up to %g s after %d failed logins", self.key, FAILED_LOGIN_WINDOW_S, n)
             self.send_error("auth", "authentication failed: wrong token")
             return False
+        refusal = gate.logged_in(self.ticket)
+        if refusal is not None:
+            self.send_error("busy", refusal)
+            return False
+        self.logged_in = True
         P.send(
             self.conn, P.encode_json(T.AUTH_OK, {"mac": P.auth_mac(self.agent.token, b"agent", client_nonce, nonce)})
         )
+        to_agent, to_client = P.session_keys(self.agent.token, nonce, client_nonce)
+        self.chan = P.Channel(self.conn, send_key=to_client, recv_key=to_agent)
         return True
 
     def loop(self) -> None:
+        assert self.chan is not None
         while True:
             try:
-                frame = P.recv_frame(self.conn)
+                frame = self.chan.recv()
             except ConnectionError:
                 return
             if frame.type == T.HOP:
                 self._hop(frame.payload)
             elif frame.type == T.CHUNK:
-                if self.upload is None:
-                    raise P.ProtocolError("CHUNK outside a deploy")
-                try:
-                    self.upload.write(*P.unpack_chunk(frame.payload))
-                except EdgePseError as e:
-                    self.agent.store.abort(self.upload)
-                    self.upload = None
-                    raise P.ProtocolError(str(e)) from None
+                self._chunk(frame.payload)
             elif frame.type == T.REQUEST:
                 self._request(frame.json())
             else:
                 raise P.ProtocolError(f"unexpected {frame.type.name} frame from a client")
 
+    def _chunk(self, payload: bytes) -> None:
+        """Write one upload chunk. A chunk that breaks the upload's rules ends the connection; a device that
+        cannot write (disk full) fails the deploy, frees the staging space and says why at `deploy_commit`."""
+        up = self.upload
+        if up is None:
+            raise P.ProtocolError("CHUNK outside a deploy")
+        try:
+            up.write(*P.unpack_chunk(payload))
+        except EdgePseError as e:
+            self.agent.store.abort(up)
+            self.upload = None
+            raise P.ProtocolError(str(e)) from None
+        except OSError as e:
+            up.failed = f"the device could not write {up.current_path}: {e.strerror or e} (disk full?)"
+            log.error("deploy of %s failed: %s", up.name, up.failed)
+            self.agent.store.abort(up)
+
     def _reply(self, obj: dict) -> None:
-        P.send(self.conn, P.encode_json(T.REPLY, obj))
+        self.send(P.encode_json(T.REPLY, obj))
 
     def _request(self, req: dict) -> None:
         op = req.get("op")
@@ -344,6 +652,7 @@ class _Connection:
             elif op == "deploy_begin":
                 if self.upload is not None:
                     self.agent.store.abort(self.upload)
+                    self.upload = None
                 self.upload = self.agent.store.begin(req.get("name"), req.get("files"))
                 self._reply({"ok": True, "chunk_bytes": P.CHUNK_BYTES})
             elif op == "deploy_commit":
@@ -356,30 +665,46 @@ class _Connection:
                 self.agent.store.rollback()
                 self._reply({"ok": True, **self.agent.store.describe()})
             elif op == "open_stream":
-                self.detach()
+                self._close_own_session()  # one stream per connection: a second open replaces the first
                 self.session = self.agent.open_stream(req)
                 self.session.owner = self
                 self._reply({"session": self.session.id, "processed": 0, **self.session.info})
             elif op == "resume_stream":
                 self._resume(req)
             elif op == "close_stream":
-                s = self.session
-                if s is None:
-                    raise EdgePseError("no stream open on this connection")
-                with self.agent._lock:
-                    self.agent.sessions.pop(s.id, None)
-                self.session = None
-                self._reply({"ok": True, "processed": s.processed})
+                self._close_stream(req)
             elif op == "bench":
                 self._reply(self.agent.bench(req))
             else:
                 raise EdgePseError(f"unknown op {op!r}")
+        except Busy as e:
+            self.send_error("busy", str(e), retry_after_s=e.retry_after_s)
         except EdgePseError as e:
             self.send_error("request", str(e))
         except (P.ProtocolError, OSError):
             raise
         except Exception as e:  # a bug or a runtime failure: tell the client, keep serving
             self.send_error("internal", f"{op} failed on the device: {type(e).__name__}: {e}")
+
+    def _close_own_session(self) -> None:
+        s, self.session = self.session, None
+        if s is not None:
+            self.agent.close_session(s.id)
+
+    def _close_stream(self, req: dict) -> None:
+        """Close this connection's stream, or (`session`) one whose id the client holds: a client whose link
+        broke frees its session from a new connection instead of leaving it to expire."""
+        sid = req.get("session")
+        if sid is None:
+            if self.session is None:
+                raise EdgePseError("no stream open on this connection")
+            sid = self.session.id
+        s = self.agent.close_session(str(sid))
+        if s is None:
+            raise EdgePseError("unknown or expired stream session")
+        if self.session is s:
+            self.session = None
+        self._reply({"ok": True, "processed": s.processed})
 
     def _resume(self, req: dict) -> None:
         """Reattach a session: resend the outputs the client lacks, tell it which input hop to send next."""
@@ -395,13 +720,14 @@ class _Connection:
                     f"cannot resume from output hop {received!r}: the agent has processed {s.processed} hops "
                     f"and keeps the last {kept}"
                 )
-            self.detach()
+            if self.session is not s:
+                self.detach()
             s.owner, self.session = self, s  # a half-dead old connection loses the session here
             s.touched = time.monotonic()
             self._reply({"session": s.id, "processed": s.processed, **s.info})
             missing = list(s.outputs)[kept - (s.processed - received) :] if s.processed > received else []
             for frame in missing:
-                P.send(self.conn, frame)
+                self.send(frame)
 
     def _hop(self, payload: bytes) -> None:
         s = self.session
@@ -410,7 +736,7 @@ class _Connection:
         seq, x = P.unpack_hop(payload)
         with s.lock:
             if s.owner is not self:
-                raise P.ProtocolError("this stream was resumed on another connection")
+                raise P.ProtocolError("this stream was resumed on another connection or closed")
             if seq < s.processed:
                 return  # a duplicate sent before a reconnect: already processed, its output was resent
             if seq > s.processed:
@@ -422,18 +748,23 @@ class _Connection:
             s.outputs.append(frame)
             s.processed += 1
             s.touched = time.monotonic()
-        P.send(self.conn, frame)
+        self.send(frame)
 
-    def detach(self) -> None:
+    def detach(self, free: bool = False) -> None:
+        """Let go of the upload (its staging folder is removed) and the session: kept for the resume window
+        after a dropped link, freed at once when `free` (this connection broke the protocol)."""
         if self.upload is not None:
             self.agent.store.abort(self.upload)
             self.upload = None
         s = self.session
         if s is not None:
             with s.lock:
-                if s.owner is self:
+                mine = s.owner is self
+                if mine:
                     s.owner = None
                     s.touched = time.monotonic()
+            if mine and free:
+                self.agent.close_session(s.id)
         self.session = None
 
 

@@ -6,6 +6,7 @@ Used by `edge-pse deploy`, `edge-pse run --target` and `edge-pse bench --target`
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ CONNECT_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 120.0  # a deploy commit verifies every file; opening a stream loads the model
 WINDOW_HOPS = 32  # hops in flight: hides the round trip without queueing much audio on the device
 RETRIES = 5
+CLOSE_TIMEOUT_S = 3.0  # freeing an abandoned stream session must not hold up an error or a Ctrl-C for long
 
 
 def token(token_file: str | None = None) -> bytes:
@@ -61,38 +63,45 @@ def parse_target(target: str, listen: bool = False) -> tuple[str, int]:
 
 
 class Link:
-    """One authenticated connection to an agent."""
+    """One authenticated connection to an agent; every frame after the login is MAC-checked (`P.Channel`)."""
 
     def __init__(self, target: str, token: bytes, timeout: float = REPLY_TIMEOUT_S) -> None:
         self.target = target
         host, port = parse_target(target)
         try:
-            self.sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+            self.sock = socket.create_connection((host, port), timeout=min(timeout, CONNECT_TIMEOUT_S))
         except OSError as e:
             raise EdgePseError(f"cannot reach the agent at {target}: {e.strerror or e}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            self._authenticate(token)
+            self.chan = self._authenticate(token)
         except BaseException:
             self.close()
             raise
         self.sock.settimeout(timeout)
 
-    def _authenticate(self, token: bytes) -> None:
+    def _authenticate(self, token: bytes) -> P.Channel:
         try:
             hello = P.expect(P.recv_frame(self.sock), T.HELLO).json()
             if hello.get("protocol") != P.VERSION:
-                raise EdgePseError(f"agent at {self.target} speaks protocol {hello.get('protocol')}, not {P.VERSION}")
+                raise P.VersionMismatch(hello.get("protocol"))
             nonce = P.new_nonce()
             mac = P.auth_mac(token, b"client", str(hello.get("nonce")), nonce)
             P.send(self.sock, P.encode_json(T.AUTH, {"nonce": nonce, "mac": mac}))
             ok = P.expect(P.recv_frame(self.sock), T.AUTH_OK).json()
         except P.RemoteError as e:
             raise EdgePseError(f"agent at {self.target} refused the connection: {e}") from None
+        except P.VersionMismatch as e:
+            raise EdgePseError(
+                f"agent at {self.target} speaks protocol {e.version}, this edge-pse speaks {P.VERSION}: "
+                "install the same edge-pse version on the host and the device"
+            ) from None
         except (P.ProtocolError, OSError) as e:
             raise EdgePseError(f"agent at {self.target}: handshake failed ({e})") from None
         if not P.check_mac(P.auth_mac(token, b"agent", nonce, str(hello.get("nonce"))), ok.get("mac")):
             raise EdgePseError(f"the peer at {self.target} does not know the token: not our agent")
+        to_agent, to_client = P.session_keys(token, str(hello["nonce"]), nonce)
+        return P.Channel(self.sock, send_key=to_agent, recv_key=to_client)
 
     def close(self) -> None:
         self.sock.close()
@@ -103,10 +112,16 @@ class Link:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def send(self, frame: bytes) -> None:
+        self.chan.send(frame)
+
+    def recv(self) -> P.Frame:
+        return self.chan.recv()
+
     def request(self, op: str, **kw) -> dict:
         try:
-            P.send(self.sock, P.encode_json(T.REQUEST, {"op": op, **kw}))
-            return P.expect(P.recv_frame(self.sock), T.REPLY).json()
+            self.send(P.encode_json(T.REQUEST, {"op": op, **kw}))
+            return P.expect(self.recv(), T.REPLY).json()
         except P.RemoteError as e:
             raise EdgePseError(f"{self.target}: {e}") from None
         except P.ProtocolError as e:
@@ -114,17 +129,45 @@ class Link:
         except (OSError, ConnectionError) as e:
             raise EdgePseError(f"{self.target}: connection lost during {op}: {e}") from None
 
+    def pending_error(self, wait: float = 1.0) -> str | None:
+        """The agent's ERROR frame, if one is waiting (it says why before closing); None otherwise."""
+        try:
+            self.sock.settimeout(wait)
+            frame = self.recv()
+        except (OSError, ConnectionError, P.ProtocolError):
+            return None
+        return str(frame.json().get("message")) if frame.type == T.ERROR else None
+
 
 # --- deploy
 
 
 def bundle_files(bundle: Path) -> list[tuple[Path, str]]:
-    """Every regular file of a verified bundle folder with its relative POSIX path."""
+    """Every regular file of a verified bundle folder with its relative POSIX path. A symbolic link (or any
+    other non-regular file) is refused: deploy must never send a host file that was only linked in."""
+    import stat
+
     from edge_pse.bundle import Bundle
 
     Bundle.load(bundle)  # refuse to ship a bundle that does not verify here
-    files = sorted(p for p in bundle.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return [(p, p.relative_to(bundle).as_posix()) for p in files]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(bundle):  # never follows a symlinked folder
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in [*dirnames, *filenames]:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                raise EdgePseError(
+                    f"bundle {bundle} contains a symbolic link {p.relative_to(bundle).as_posix()} -> "
+                    f"{os.readlink(p)}: deploy sends regular files only (copy the file in)"
+                )
+        for name in filenames:
+            p = Path(dirpath) / name
+            if name.startswith("."):
+                continue
+            if not stat.S_ISREG(p.lstat().st_mode):
+                raise EdgePseError(f"bundle {bundle}: {p.relative_to(bundle).as_posix()} is not a regular file")
+            files.append(p)
+    return [(p, p.relative_to(bundle).as_posix()) for p in sorted(files)]
 
 
 def deploy(target: str, token: bytes, bundle: str | Path, progress: Callable[[int], None] | None = None) -> dict:
@@ -141,12 +184,15 @@ def deploy(target: str, token: bytes, bundle: str | Path, progress: Callable[[in
                 with open(p, "rb") as f:
                     offset = 0
                     while chunk := f.read(P.CHUNK_BYTES):
-                        P.send(link.sock, P.pack_chunk(i, offset, chunk))
+                        link.send(P.pack_chunk(i, offset, chunk))
                         offset += len(chunk)
                         if progress is not None:
                             progress(len(chunk))
         except OSError as e:
-            raise EdgePseError(f"{target}: upload interrupted ({e}); the device keeps its active bundle") from None
+            why = link.pending_error()
+            raise EdgePseError(
+                f"{target}: upload interrupted ({why or e}); the device keeps its active bundle"
+            ) from None
         return link.request("deploy_commit")
 
 
@@ -187,55 +233,68 @@ def stream_hops(
 ) -> StreamResult:
     """Run `hops` [n, hop] through the device's active bundle from a fresh state; every input hop yields
     exactly one output hop. A dropped connection is reopened and the session resumed (the agent resends
-    outputs we lack and says which input hop it needs next), so nothing is lost or duplicated."""
+    outputs we lack and says which input hop it needs next), so nothing is lost or duplicated. However it
+    ends (done, error, Ctrl-C), the session is closed on the device: it never holds one of the agent's few
+    stream slots after we are gone."""
     n = len(hops)
     out = np.zeros((n, P.HOP), np.float32)
     model_ns = np.zeros(n, np.int64)
     device_ns = np.zeros(n, np.int64)
     got = 0  # outputs received, in order
     link = Link(target, token)
+    session = None
     try:
         info = link.request("open_stream", speaker=[float(v) for v in speaker], backend=backend, threads=threads)
-    except BaseException:
-        link.close()
-        raise
-    if hops.shape[1:] != (info["hop"],):
-        link.close()
-        raise EdgePseError(f"hops must be [n, {info['hop']}] for this bundle")
-    session, sent, reconnects = info["session"], 0, 0
-    while True:
-        try:
-            while got < n:
-                while sent < n and sent - got < window:
-                    P.send(link.sock, P.pack_hop(sent, hops[sent]))
-                    sent += 1
-                seq, m_ns, d_ns, y = P.unpack_out(P.expect(P.recv_frame(link.sock), T.OUT).payload)
-                if seq != got:
-                    raise P.ProtocolError(f"output hop {seq} arrived, expected {got}")
-                out[got], model_ns[got], device_ns[got] = y, m_ns, d_ns
-                got += 1
-                if progress is not None:
-                    progress(got)
-            link.request("close_stream")
-            link.close()
-            return StreamResult(out, model_ns, device_ns, info, reconnects)
-        except P.RemoteError as e:
-            link.close()
-            raise EdgePseError(f"{target}: {e}") from None
-        except (OSError, ConnectionError, P.ProtocolError, EdgePseError) as e:
-            link.close()
-            reconnects += 1
-            if reconnects > retries:
-                raise EdgePseError(f"{target}: stream lost after {retries} reconnects ({e})") from None
-            time.sleep(min(0.1 * 2**reconnects, 2.0))
+        session = info["session"]
+        if hops.shape[1:] != (info["hop"],):
+            raise EdgePseError(f"hops must be [n, {info['hop']}] for this bundle")
+        sent, reconnects = 0, 0
+        while True:
             try:
-                link = Link(target, token)
-                resumed = link.request("resume_stream", session=session, received=got)
-            except EdgePseError as e2:
-                if "unknown or expired" in str(e2) or "cannot resume" in str(e2):
-                    raise
-                continue  # the device is still unreachable: try again
-            sent = resumed["processed"]  # the agent resends outputs got..processed-1 before anything else
+                while got < n:
+                    while sent < n and sent - got < window:
+                        link.send(P.pack_hop(sent, hops[sent]))
+                        sent += 1
+                    seq, m_ns, d_ns, y = P.unpack_out(P.expect(link.recv(), T.OUT).payload)
+                    if seq != got:
+                        raise P.ProtocolError(f"output hop {seq} arrived, expected {got}")
+                    out[got], model_ns[got], device_ns[got] = y, m_ns, d_ns
+                    got += 1
+                    if progress is not None:
+                        progress(got)
+                link.request("close_stream")
+                session = None
+                return StreamResult(out, model_ns, device_ns, info, reconnects)
+            except P.RemoteError as e:
+                raise EdgePseError(f"{target}: {e}") from None
+            except (OSError, ConnectionError, P.ProtocolError, EdgePseError) as e:
+                link.close()
+                reconnects += 1
+                if reconnects > retries:
+                    raise EdgePseError(f"{target}: stream lost after {retries} reconnects ({e})") from None
+                time.sleep(min(0.1 * 2**reconnects, 2.0))
+                try:
+                    link = Link(target, token)
+                    resumed = link.request("resume_stream", session=session, received=got)
+                except EdgePseError as e2:
+                    if "unknown or expired" in str(e2) or "cannot resume" in str(e2):
+                        raise
+                    continue  # the device is still unreachable: try again
+                sent = resumed["processed"]  # the agent resends outputs got..processed-1 before anything else
+    finally:
+        link.close()
+        if session is not None:
+            _close_session(target, token, session)
+
+
+def _close_session(target: str, token: bytes, session: str) -> None:
+    """Free a stream session we abandon, over a fresh connection (the old one may be mid-frame or dead); best
+    effort and quick: if the agent is unreachable the session expires after its resume window anyway."""
+    try:
+        with Link(target, token, timeout=CLOSE_TIMEOUT_S) as link:
+            link.request("close_stream", session=session)
+    except (EdgePseError, OSError):
+        pass
 
 
 def remote_run(

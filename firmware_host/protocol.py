@@ -8,6 +8,10 @@ payload:
 The receiver checks magic, version, type and the length against that type's cap BEFORE reading the payload,
 so a peer can never make it allocate more than the cap. Control frames carry UTF-8 JSON objects; audio and
 file chunks are binary with fixed little headers (struct formats below).
+
+After the login every frame is followed by a 32-byte tag, HMAC-SHA256 under a per-session, per-direction
+key derived from the token and both login nonces, over the frame's sequence number, header and payload
+(`Channel`): a relay that passed the login through cannot inject, replay, reorder or drop frames.
 """
 
 from __future__ import annotations
@@ -15,21 +19,33 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import math
 import os
 import socket
+import stat
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
 
 MAGIC = b"EP"
-VERSION = 1
+VERSION = 2  # 2: every frame after the login carries a MAC (1 authenticated the login only)
+HELLO_VERSION = 1  # the HELLO header keeps version 1 so that every client can read which protocol we speak
 HEADER = struct.Struct(">2sBBI")
 HOP = 160  # samples per audio frame: the bundle's hop (checked at stream open)
 HOP_BYTES = 4 * HOP  # float32 little-endian
-AUTH_CONTEXT = b"edge-pse agent auth v1"
+AUTH_CONTEXT = b"edge-pse agent auth v2"
 NONCE_BYTES = 32
+TAG_BYTES = 32  # HMAC-SHA256 after every frame once the session keys are set
+SEQ = struct.Struct(">Q")
+MIN_TOKEN_CHARS = 16
+MIN_TOKEN_BITS = 64  # by length x log2(distinct characters): refuses short or repetitive tokens
+
+log = logging.getLogger("edge_pse.link")
 
 
 class T(IntEnum):
@@ -69,6 +85,14 @@ class ProtocolError(Exception):
     """The peer broke the protocol (bad magic/version/type/length, malformed payload): drop the connection."""
 
 
+class VersionMismatch(ProtocolError):
+    """The peer speaks another protocol version: say which, so the user knows what to upgrade."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"the peer speaks protocol version {version}; this edge-pse speaks {VERSION}")
+        self.version = version
+
+
 class RemoteError(Exception):
     """The agent answered a request with an ERROR frame."""
 
@@ -95,18 +119,26 @@ class Frame:
 def encode(ftype: T, payload: bytes) -> bytes:
     if len(payload) > MAX_PAYLOAD[ftype]:
         raise ValueError(f"{ftype.name} payload of {len(payload)} bytes exceeds its cap {MAX_PAYLOAD[ftype]}")
-    return HEADER.pack(MAGIC, VERSION, int(ftype), len(payload)) + payload
+    version = HELLO_VERSION if ftype == T.HELLO else VERSION
+    return HEADER.pack(MAGIC, version, int(ftype), len(payload)) + payload
 
 
 def encode_json(ftype: T, obj: dict) -> bytes:
     return encode(ftype, json.dumps(obj, separators=(",", ":")).encode())
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """`n` bytes; with a monotonic `deadline`, the whole read must finish by then (a peer dripping one byte at a
+    time cannot stretch it: each recv gets only the time that is left)."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("handshake deadline passed")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:], n - got)
         if k == 0:
             raise ConnectionError("connection closed by peer")
@@ -119,20 +151,23 @@ def parse_header(header: bytes) -> tuple[T, int]:
     magic, version, ftype, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r} (not an edge-pse peer)")
-    if version != VERSION:
-        raise ProtocolError(f"protocol version {version}; this side speaks {VERSION}")
     try:
         t = T(ftype)
     except ValueError:
-        raise ProtocolError(f"unknown frame type {ftype}") from None
+        t = None
+    if version != (HELLO_VERSION if t == T.HELLO else VERSION):
+        raise VersionMismatch(version)
+    if t is None:
+        raise ProtocolError(f"unknown frame type {ftype}")
     if length > MAX_PAYLOAD[t]:
         raise ProtocolError(f"{t.name} frame of {length} bytes exceeds its cap of {MAX_PAYLOAD[t]}")
     return t, length
 
 
-def recv_frame(sock: socket.socket) -> Frame:
-    t, length = parse_header(_recv_exact(sock, HEADER.size))
-    return Frame(t, _recv_exact(sock, length) if length else b"")
+def recv_frame(sock: socket.socket, deadline: float | None = None) -> Frame:
+    """One unauthenticated frame (the login); after it, frames go through a `Channel`."""
+    t, length = parse_header(_recv_exact(sock, HEADER.size, deadline))
+    return Frame(t, _recv_exact(sock, length, deadline) if length else b"")
 
 
 def send(sock: socket.socket, data: bytes) -> None:
@@ -156,6 +191,56 @@ def new_nonce() -> str:
     return os.urandom(NONCE_BYTES).hex()
 
 
+def session_keys(token: bytes, agent_nonce: str, client_nonce: str) -> tuple[bytes, bytes]:
+    """(client->agent key, agent->client key) for one login: fresh per connection (both nonces), never on the
+    wire, and one per direction so that a frame cannot be reflected back to its sender."""
+    base = hmac.new(
+        token, AUTH_CONTEXT + b"|session|" + agent_nonce.encode() + b"|" + client_nonce.encode(), hashlib.sha256
+    ).digest()
+    return (
+        hmac.new(base, b"client->agent", hashlib.sha256).digest(),
+        hmac.new(base, b"agent->client", hashlib.sha256).digest(),
+    )
+
+
+class Channel:
+    """A connection after the login: every frame is sent with, and received only with, a valid tag
+    HMAC(direction key, sequence number | header | payload). Each side counts the frames it sent and received,
+    so an injected frame (no key), a replayed or reordered one (wrong sequence number) or a dropped one (every
+    later number is off) fails the check and the connection is closed."""
+
+    def __init__(self, sock: socket.socket, send_key: bytes, recv_key: bytes) -> None:
+        self.sock = sock
+        self._send_key, self._recv_key = send_key, recv_key
+        self._send_seq = self._recv_seq = 0
+        self._send_lock = threading.Lock()  # one frame at a time: the sequence numbers follow the byte stream
+
+    def _tag(self, key: bytes, seq: int, frame: bytes) -> bytes:
+        return hmac.new(key, SEQ.pack(seq) + frame, hashlib.sha256).digest()
+
+    def seal(self, frame: bytes) -> bytes:
+        """`frame` (one encoded frame) with its tag, consuming the next send sequence number."""
+        sealed = frame + self._tag(self._send_key, self._send_seq, frame)
+        self._send_seq += 1
+        return sealed
+
+    def send(self, frame: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(self.seal(frame))
+
+    def recv(self) -> Frame:
+        header = _recv_exact(self.sock, HEADER.size)
+        t, length = parse_header(header)
+        payload = _recv_exact(self.sock, length) if length else b""
+        tag = _recv_exact(self.sock, TAG_BYTES)
+        if not hmac.compare_digest(tag, self._tag(self._recv_key, self._recv_seq, header + payload)):
+            raise ProtocolError(
+                f"frame #{self._recv_seq} ({t.name}) failed authentication: injected, replayed or reordered"
+            )
+        self._recv_seq += 1
+        return Frame(t, payload)
+
+
 def auth_mac(token: bytes, role: bytes, first: str, second: str) -> str:
     """MAC over a role label and both nonces: a client proof cannot be replayed as an agent proof."""
     msg = AUTH_CONTEXT + b"|" + role + b"|" + first.encode() + b"|" + second.encode()
@@ -166,16 +251,39 @@ def check_mac(expected: str, got: object) -> bool:
     return isinstance(got, str) and hmac.compare_digest(expected.encode(), got.encode())
 
 
+def token_bits(token: bytes) -> float:
+    """A rough upper bound of a token's entropy: length x log2(distinct characters)."""
+    return len(token) * math.log2(len(set(token))) if len(set(token)) > 1 else 0.0
+
+
 def load_token(token_file: str | None, env: str = "EDGE_PSE_TOKEN") -> bytes:
-    """The shared token from a file (first line, stripped) or the environment; ValueError if neither."""
+    """The shared token from a file (stripped) or the environment; ValueError if neither or too weak.
+
+    The login transcript crosses the network in clear, so a weak token can be guessed offline: demand at least
+    MIN_TOKEN_CHARS characters and MIN_TOKEN_BITS by `token_bits`. A token file others can read (or write) is
+    a leak: warn."""
     if token_file:
         with open(token_file, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             token = f.read().strip()
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning(
+                "token file %s is accessible by group/others (mode %s): anyone who reads it can drive the "
+                "agent; run `chmod 600 %s`",
+                token_file,
+                oct(stat.S_IMODE(mode)),
+                token_file,
+            )
     else:
         token = os.environ.get(env, "").strip().encode()
-    if len(token) < 8:
-        where = f"token file {token_file}" if token_file else f"${env}"
-        raise ValueError(f"no usable shared token in {where} (need at least 8 characters)")
+    where = f"token file {token_file}" if token_file else f"${env}"
+    if not token:
+        raise ValueError(f"no usable shared token in {where}")
+    if len(token) < MIN_TOKEN_CHARS or token_bits(token) < MIN_TOKEN_BITS:
+        raise ValueError(
+            f"the shared token in {where} is too weak (need at least {MIN_TOKEN_CHARS} characters and about "
+            f"{MIN_TOKEN_BITS} bits; make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     return token
 
 

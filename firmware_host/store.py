@@ -6,15 +6,24 @@ Layout under the agent's root:
     current -> bundles/<id>, previous -> bundles/<id>   (symlinks, replaced with os.replace: atomic)
     staging/<random>/  uploads in flight (removed on failure and at agent start)
 Only the current and previous bundles are kept.
+
+Thread-safe: activations (commit, rollback) are serialized, each swaps its links through a temporary name of
+its own, and a bundle a reader is using (`using_active`) is not deleted under it: it goes when the last reader
+lets go of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -35,8 +44,12 @@ class Upload:
     files: list[dict]
     received: list[int] = field(default_factory=list)
     hashes: list = field(default_factory=list)
+    failed: str | None = None  # why the device could not store it (disk full): said at commit
+    current_path: str = ""  # the file being written (for that message)
 
     def write(self, index: int, offset: int, data: bytes) -> None:
+        if self.failed is not None:
+            return  # the deploy already failed on this device: the rest of its bytes are dropped
         if not 0 <= index < len(self.files):
             raise EdgePseError(f"chunk for file #{index}, but the upload declared {len(self.files)} files")
         if offset != self.received[index]:
@@ -45,19 +58,36 @@ class Upload:
             )
         if offset + len(data) > self.files[index]["bytes"]:
             raise EdgePseError(f"{self.files[index]['path']}: more bytes than declared ({self.files[index]['bytes']})")
-        with open(self.staging / self.files[index]["path"], "ab") as f:
+        self.current_path = self.files[index]["path"]
+        with open(self.staging / self.current_path, "ab") as f:
             f.write(data)
         self.received[index] += len(data)
         self.hashes[index].update(data)
 
 
 def _check_relpath(p: object) -> str:
+    """The normalised form of a deployed file's path (`./a//b` -> `a/b`): relative, inside the bundle, printable."""
     if not isinstance(p, str) or not p or len(p) > 255:
         raise EdgePseError(f"bad file path in deploy: {p!r}")
-    pp = PurePosixPath(p)
-    if pp.is_absolute() or any(part in ("..", ".", "") for part in pp.parts) or "\\" in p:
+    if any(ord(c) < 32 or ord(c) == 127 for c in p) or "\\" in p:
+        raise EdgePseError(f"file path {p!r} has a control character or a backslash")
+    parts = [part for part in p.split("/") if part not in ("", ".")]
+    if p.startswith("/") or not parts or ".." in parts:
         raise EdgePseError(f"file path {p!r} must be relative and stay inside the bundle")
-    return p
+    return "/".join(parts)
+
+
+def _check_tree(paths: list[str]) -> None:
+    """No two files may land on one path, nor a file where another needs a folder (`a` beside `a/b`)."""
+    if len(set(paths)) != len(paths):
+        dup = next(p for p in paths if paths.count(p) > 1)
+        raise EdgePseError(f"duplicate file path in deploy: {dup!r} (after normalising)")
+    files = set(paths)
+    for p in paths:
+        parents = PurePosixPath(p).parents
+        clash = next((str(d) for d in parents if str(d) in files), None)
+        if clash is not None:
+            raise EdgePseError(f"deploy lists {clash!r} as a file and as the folder of {p!r}")
 
 
 class Store:
@@ -66,10 +96,17 @@ class Store:
         (self.root / "bundles").mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / "staging", ignore_errors=True)  # half uploads from a previous run
         (self.root / "staging").mkdir()
+        for stale in self.root.glob(".*.tmp"):  # link swaps a killed agent left half done
+            if stale.is_symlink():
+                stale.unlink(missing_ok=True)
+        self._lock = threading.RLock()  # activation and the reader pins
+        self._pins: Counter[str] = Counter()  # bundle folder name -> readers using it
 
     def _link(self, name: str) -> Path | None:
-        link = self.root / name
-        return (self.root / os.readlink(link)) if link.is_symlink() else None
+        try:
+            return self.root / os.readlink(self.root / name)
+        except OSError:  # absent (or not a link): one readlink, no exists-then-read race
+            return None
 
     @property
     def current(self) -> Path | None:
@@ -79,13 +116,39 @@ class Store:
     def previous(self) -> Path | None:
         return self._link("previous")
 
+    @contextlib.contextmanager
+    def _pinned(self, name: str) -> Iterator[Path | None]:
+        """The folder `current` or `previous` points at, kept on disk until the block ends even if a deploy or a
+        rollback replaces it meanwhile (None when the link does not exist)."""
+        with self._lock:
+            path = self._link(name)
+            if path is not None:
+                self._pins[path.name] += 1
+        try:
+            yield path
+        finally:
+            if path is not None:
+                with self._lock:
+                    self._pins[path.name] -= 1
+                    if self._pins[path.name] <= 0:
+                        del self._pins[path.name]
+                        self._prune()
+
+    @contextlib.contextmanager
+    def using_active(self) -> Iterator[Bundle]:
+        """The active bundle, verified, and kept on disk until the block ends (open its model files inside)."""
+        with self._pinned("current") as cur:
+            if cur is None:
+                raise EdgePseError("no bundle deployed on this device yet (edge-pse deploy --target ... BUNDLE)")
+            yield Bundle.load(cur)
+
     def active_bundle(self) -> Bundle:
-        cur = self.current
-        if cur is None:
-            raise EdgePseError("no bundle deployed on this device yet (edge-pse deploy --target ... BUNDLE)")
-        return Bundle.load(cur)
+        with self.using_active() as bundle:
+            return bundle
 
     def begin(self, name: object, files: object) -> Upload:
+        """Check a deploy's file list (everything before touching the disk), then create its staging folder;
+        on any failure nothing is left behind."""
         if not isinstance(files, list) or not 0 < len(files) <= MAX_FILES:
             raise EdgePseError(f"a deploy lists 1..{MAX_FILES} files")
         clean, total = [], 0
@@ -94,23 +157,36 @@ class Store:
                 raise EdgePseError("each deployed file is {path, bytes, sha256}")
             path = _check_relpath(f.get("path"))
             size, digest = f.get("bytes"), f.get("sha256")
-            if not isinstance(size, int) or size < 0 or not isinstance(digest, str) or len(digest) != 64:
+            if (
+                not isinstance(size, int)
+                or size < 0
+                or not isinstance(digest, str)
+                or not re.fullmatch(r"[0-9a-fA-F]{64}", digest)
+            ):
                 raise EdgePseError(f"{path}: bytes must be a non-negative int and sha256 64 hex digits")
             total += size
             clean.append({"path": path, "bytes": size, "sha256": digest.lower()})
         if total > MAX_BUNDLE_BYTES:
             raise EdgePseError(f"bundle of {total} bytes exceeds the agent's limit of {MAX_BUNDLE_BYTES}")
-        if MANIFEST not in {f["path"] for f in clean}:
+        paths = [f["path"] for f in clean]
+        if MANIFEST not in paths:
             raise EdgePseError(f"a deploy must include {MANIFEST}")
-        if len({f["path"] for f in clean}) != len(clean):
-            raise EdgePseError("duplicate file path in deploy")
-        staging = Path(tempfile.mkdtemp(dir=self.root / "staging"))
-        for f in clean:
-            p = staging / f["path"]
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.touch()
+        _check_tree(paths)
         safe = _NAME.sub("-", str(name or "bundle"))[:64].strip("-.") or "bundle"
-        return Upload(safe, staging, clean, [0] * len(clean), [hashlib.sha256() for _ in clean])
+        try:
+            staging = Path(tempfile.mkdtemp(dir=self.root / "staging"))
+        except OSError as e:
+            raise EdgePseError(f"the device cannot stage a deploy: {e.strerror or e}") from None
+        up = Upload(safe, staging, clean, [0] * len(clean), [hashlib.sha256() for _ in clean])
+        try:
+            for f in clean:
+                p = staging / f["path"]
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.touch(exist_ok=False)
+        except OSError as e:
+            self.abort(up)
+            raise EdgePseError(f"the device cannot stage {f['path']}: {e.strerror or e}") from None
+        return up
 
     def abort(self, up: Upload) -> None:
         shutil.rmtree(up.staging, ignore_errors=True)
@@ -118,6 +194,8 @@ class Store:
     def commit(self, up: Upload) -> Path:
         """Verify every file against the deploy's sha256 and the bundle's own manifest, install, activate."""
         try:
+            if up.failed is not None:
+                raise EdgePseError(f"deploy failed: {up.failed}; the active bundle is unchanged")
             for f, got, h in zip(up.files, up.received, up.hashes, strict=True):
                 if got != f["bytes"]:
                     raise EdgePseError(f"{f['path']}: received {got} of {f['bytes']} bytes")
@@ -126,38 +204,51 @@ class Store:
             Bundle.load(up.staging)  # the manifest's own schema and per-file sha256
             bid = f"{sha256_file(up.staging / MANIFEST)[:16]}-{up.name}"
             dest = self.root / "bundles" / bid
-            if dest.exists():
-                shutil.rmtree(up.staging)
-            else:
-                os.replace(up.staging, dest)
-        except BaseException:
+            with self._lock:
+                if dest.exists():
+                    shutil.rmtree(up.staging)
+                else:
+                    os.replace(up.staging, dest)
+                if self.current != dest:
+                    self._activate(dest, self.current)
+            return dest
+        except OSError as e:
+            raise EdgePseError(
+                f"deploy failed on the device: {e.strerror or e}; the active bundle is unchanged"
+            ) from None
+        finally:
             self.abort(up)
-            raise
-        if self.current != dest:
-            self._activate(dest, self.current)
-        return dest
 
     def rollback(self) -> Path:
-        prev, cur = self.previous, self.current
-        if prev is None or not prev.is_dir():
-            raise EdgePseError("nothing to roll back to: this device has no previous bundle")
-        self._activate(prev, cur)
-        return prev
+        with self._lock:
+            prev, cur = self.previous, self.current
+            if prev is None or not prev.is_dir():
+                raise EdgePseError("nothing to roll back to: this device has no previous bundle")
+            self._activate(prev, cur)
+            return prev
 
     def _swap_link(self, name: str, target: Path | None) -> None:
         link = self.root / name
         if target is None:
             link.unlink(missing_ok=True)
             return
-        tmp = self.root / f".{name}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
+        tmp = self.root / f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"  # never shared with another swap
         tmp.symlink_to(target.relative_to(self.root))
-        os.replace(tmp, link)  # atomic: a reader sees the old or the new bundle, never none
+        try:
+            os.replace(tmp, link)  # atomic: a reader sees the old or the new bundle, never none
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _activate(self, new: Path, old: Path | None) -> None:
+        """Point `current` at `new` and `previous` at `old` (caller holds the lock), then prune."""
         self._swap_link("current", new)
         self._swap_link("previous", old)
-        keep = {new.name, old.name if old else None}
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete installed bundles that are neither current, previous nor in use by a reader (lock held)."""
+        keep = {p.name for p in (self.current, self.previous) if p is not None} | set(self._pins)
         for d in (self.root / "bundles").iterdir():
             if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
@@ -179,4 +270,5 @@ class Store:
                 "files": [f"{f.path} ({f.format}/{f.quantization})" for f in b.files],
             }
 
-        return {"active": info(self.current), "previous": info(self.previous)}
+        with self._pinned("current") as cur, self._pinned("previous") as prev:
+            return {"active": info(cur), "previous": info(prev)}

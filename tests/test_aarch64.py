@@ -25,7 +25,7 @@ from edge_pse import demo
 REPO = Path(__file__).resolve().parent.parent
 ROOT = Path(os.environ.get("EDGE_PSE_ARM64_ROOT", REPO.parent / "cache" / "arm64root"))
 SHIPPED = REPO / "edge_pse" / "bundles" / "tiny-int8"
-TOKEN = "emulated-pi-token"
+TOKEN = "emulated-pi-token-7f3a9c2e5b"
 
 pytestmark = pytest.mark.slow
 

@@ -112,9 +112,9 @@ def test_a_bundle_corrupted_in_transit_is_refused_and_the_active_one_stays(agent
             data = bytearray(p.read_bytes())
             if p.name == "model.onnx":
                 data[len(data) // 2] ^= 0xFF  # one flipped byte on the way
-            P.send(link.sock, P.pack_chunk(i, 0, bytes(data[: P.CHUNK_BYTES])))
+            link.send(P.pack_chunk(i, 0, bytes(data[: P.CHUNK_BYTES])))
             for off in range(P.CHUNK_BYTES, len(data), P.CHUNK_BYTES):
-                P.send(link.sock, P.pack_chunk(i, off, bytes(data[off : off + P.CHUNK_BYTES])))
+                link.send(P.pack_chunk(i, off, bytes(data[off : off + P.CHUNK_BYTES])))
         with pytest.raises(EdgePseError, match=r"model.onnx: sha256 mismatch"):
             link.request("deploy_commit")
     st = client.status(t, TOKEN)
@@ -136,11 +136,12 @@ def _raw(a: Agent) -> socket.socket:
     return s
 
 
-def _closed(s: socket.socket) -> bool:
+def _closed(s: socket.socket | client.Link) -> bool:
     """True when the agent closed the connection (after at most one ERROR frame)."""
+    recv = s.recv if isinstance(s, client.Link) else lambda: P.recv_frame(s)
     try:
         while True:
-            f = P.recv_frame(s)
+            f = recv()
             if f.type != T.ERROR:
                 return False
     except (ConnectionError, OSError):
@@ -178,8 +179,8 @@ def test_oversized_and_malformed_frames_after_auth_drop_only_that_connection(age
         P.pack_chunk(0, 0, b"x"),  # a chunk outside a deploy
     ):
         with client.Link(t, TOKEN) as link:
-            link.sock.sendall(junk)
-            assert _closed(link.sock)
+            link.send(junk)  # well authenticated, but malformed inside
+            assert _closed(link)
     assert client.status(t, TOKEN)["active"]["id"].endswith("tiny-a")
 
 
@@ -235,7 +236,7 @@ def test_a_stream_killed_mid_way_resumes_without_losing_or_duplicating_audio(age
     client.deploy(t, TOKEN, bundles[0])
     straight = tmp_path / "straight.wav"
     client.remote_run(t, TOKEN, demo.path(demo.MIXTURE), straight, demo.path(demo.SPEAKER), backend="onnx")
-    hop_frame = P.HEADER.size + P.IN_HOP.size + P.HOP_BYTES
+    hop_frame = P.HEADER.size + P.IN_HOP.size + P.HOP_BYTES + P.TAG_BYTES
     # handshake + open_stream are ~3 KB; cut in the middle of the 200th hop frame, mid-file
     proxy = KillingProxy(("127.0.0.1", agent.address[1]), cut=4096 + 200 * hop_frame + 100)
     try:
@@ -256,15 +257,15 @@ def test_resume_refuses_an_unknown_session_and_a_gap(agent, bundles) -> None:
         link.request("resume_stream", session="0" * 32, received=0)
     with client.Link(t, TOKEN) as link:
         info = link.request("open_stream", speaker=[0.0625] * 256, backend="onnx")
-        P.send(link.sock, P.pack_hop(0, np.zeros(160, np.float32)))
-        P.expect(P.recv_frame(link.sock), T.OUT)
+        link.send(P.pack_hop(0, np.zeros(160, np.float32)))
+        P.expect(link.recv(), T.OUT)
         session = info["session"]
     with client.Link(t, TOKEN) as link:
         with pytest.raises(EdgePseError, match="cannot resume from output hop 5"):
             link.request("resume_stream", session=session, received=5)
         assert link.request("resume_stream", session=session, received=1)["processed"] == 1
-        link.sock.sendall(P.pack_hop(3, np.zeros(160, np.float32)))  # skips hops 1 and 2: audio would be lost
-        assert _closed(link.sock)
+        link.send(P.pack_hop(3, np.zeros(160, np.float32)))  # skips hops 1 and 2: audio would be lost
+        assert _closed(link)
 
 
 def test_remote_bench_reports_measurements_beside_the_labelled_prediction(agent, bundles, tmp_path) -> None:
@@ -335,7 +336,7 @@ def test_cli_agent_and_fleet_deploy(bundles, tmp_path) -> None:
         assert json.loads(res.stdout)[targets[0]]["result"]["active"]["id"].endswith("tiny-b")
         res = cli("deploy", "--target", targets[0], "--target", targets[1], "--rollback")
         assert res.returncode == 2 and "nothing to roll back" in res.stdout  # the second agent had one deploy
-        res = cli("deploy", "--target", targets[0], "--rollback", token="wrong-token-here")
+        res = cli("deploy", "--target", targets[0], "--rollback", token="wrong-token-here-5c1e8a07")
         assert res.returncode == 2 and "authentication failed" in res.stdout
     finally:
         for p in procs:

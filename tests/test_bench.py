@@ -185,6 +185,8 @@ def test_a_broken_plugin_fails_its_cell_not_the_report(plugin_dir) -> None:
         (["--models", "edge_pse.bench.plugins:passthrough", "--eval-data", "/nonexistent"], "not a data root"),
         (["--models", "edge_pse.bench.plugins:passthrough", "--device", "toaster"], "unknown device profile"),
         (["--models", "edge_pse.bench.plugins:passthrough", "--threads", "0"], "must be >= 1"),
+        (["--models", "/nonexistent/bundle", "--threads", "1,200"], "--threads values must be <= 64"),
+        (["--models", "/nonexistent/bundle", "--threads=-3"], "must be >= 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(args, message, tmp_path) -> None:

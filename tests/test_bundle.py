@@ -2,6 +2,8 @@
 backends that open it without torch."""
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,3 +145,138 @@ def test_torch_reference_backend_matches_the_onnx_file(onnx_bundle) -> None:
         np.testing.assert_allclose(onnx.process(x), ref.process(x), atol=1e-4)
     with pytest.raises(EdgePseError, match="256 finite"):
         ref.set_speaker(np.zeros(10, np.float32))
+
+
+# --- every path the manifest names stays inside the bundle (issue 15, D7)
+
+
+def _edit(bundle: Path, edit, unseal: bool = False) -> None:
+    """Edit the manifest in place; `unseal` also drops its digest, as an older (unsealed) manifest would be, so
+    the schema's own checks are what refuses the edit."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    edit(m)
+    if unseal:
+        m.pop("manifest_sha256", None)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def test_reference_weights_outside_the_bundle_are_refused_and_say_nothing_about_the_host(copy, tmp_path) -> None:
+    from edge_pse.bundle import sha256_file
+
+    outside = tmp_path / "host-file"
+    outside.write_text("not part of any bundle\n")
+    rel = os.path.relpath(outside, copy)
+    messages = []
+    for path, digest in ((rel, sha256_file(outside)), ("../../../nonexistent-file", "0" * 64)):
+        _edit(copy, lambda m, p=path, d=digest: m["reference"].update(path=p, sha256=d))
+        with pytest.raises(EdgePseError, match="must stay inside the bundle") as err:
+            Bundle.load(copy)
+        messages.append(str(err.value).replace(path, "P"))
+    assert messages[0] == messages[1]  # the same refusal whether the host file exists or not
+
+
+def test_a_symlink_inside_the_bundle_cannot_lead_out_of_it(copy, tmp_path) -> None:
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(copy / "model.onnx", outside)
+    (copy / "model.onnx").symlink_to(outside)  # same bytes, same sha256, but not in the bundle
+    with pytest.raises(EdgePseError, match="leads outside the bundle folder"):
+        Bundle.load(copy)
+
+
+# --- manifests and profiles are validated against a schema; the manifest's numbers are covered by a digest (D10)
+
+
+def _tensor(m: dict, i: int = 0) -> dict:
+    return m["files"][0]["io"]["inputs"][i]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(hop="160"), "hop '160' must be a positive integer"),
+        (lambda m: m.update(hop=-160), "hop -160 must be a positive integer"),
+        (lambda m: m.update(hop=80), "config.hop 160 disagrees with hop 80"),
+        (lambda m: m.update(sample_rate=1), "sample_rate 1 must be one of"),
+        (lambda m: m.update(sample_rate=8000), "config.sample_rate 16000 disagrees"),
+        (lambda m: m.update(speaker="resemblyzer"), "'speaker' must be an object with an integer dim"),
+        (lambda m: m["speaker"].update(dim="256"), "'speaker' must be an object with an integer dim"),
+        (lambda m: m["io"]["states"][0].update(shape=[1, -160]), "must be 1-4 positive integer dimensions"),
+        (lambda m: _tensor(m).update(shape=[1, 10**12]), "must be 1-4 positive integer dimensions"),
+        (lambda m: _tensor(m).update(dtype="object"), "dtype 'object' is not one of"),
+        (lambda m: _tensor(m).update(dtype="int8", scale=-0.01, zero_point=0), "needs a finite positive scale"),
+        (lambda m: _tensor(m).update(dtype="int8", scale=0.01, zero_point=300), "zero_point 300 does not fit int8"),
+        (lambda m: _tensor(m).update(scale=0.01), "a float32 tensor has no scale or zero point"),
+        (lambda m: m["files"][0]["io"]["inputs"].pop(), "expected 8 and 7"),
+        (lambda m: m.update(tolerance={"fp32_min_snr_db": "high"}), "'tolerance' must map names to finite numbers"),
+    ],
+)
+def test_bad_numbers_in_a_manifest_are_refused_with_a_clear_message(copy, edit, message) -> None:
+    _edit(copy, edit, unseal=True)
+    with pytest.raises(EdgePseError, match=re.escape(message)):
+        Bundle.load(copy)
+
+
+def test_deeply_nested_or_non_finite_json_is_refused_not_a_traceback(copy) -> None:
+    (copy / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(EdgePseError, match="cannot read"):
+        Bundle.load(copy)
+    (copy / "manifest.json").write_text('{"schema": "edge-pse-bundle", "hop": NaN}')
+    with pytest.raises(EdgePseError, match="cannot read"):
+        Bundle.load(copy)
+
+
+@pytest.fixture
+def shipped(tmp_path) -> Path:
+    src = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles" / "tiny-int8"
+    return Path(shutil.copytree(src, tmp_path / "tiny-int8"))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: next(f for f in m["files"] if f["format"] == "tflite")["io"]["inputs"][0].update(scale=0.0055),
+        lambda m: (m.update(sample_rate=8000), m["config"].update(sample_rate=8000)),
+        lambda m: m["tolerance"].update(int8_min_snr_db=-100.0),
+    ],
+    ids=["int8-scale", "sample-rate", "tolerance"],
+)
+def test_a_hand_edited_number_in_a_shipped_manifest_is_refused(shipped, edit) -> None:
+    """The numbers beside the sha256 list (an int8 scale, the rate) would run with exit 0 and wrong audio."""
+    Bundle.load(shipped)
+    _edit(shipped, edit)
+    with pytest.raises(EdgePseError, match="does not match its manifest_sha256"):
+        Bundle.load(shipped)
+
+
+def test_shipped_bundles_are_sealed_and_unsealed_manifests_still_load(onnx_bundle, tmp_path) -> None:
+    from edge_pse.bundle import manifest_digest, seal_manifest
+
+    root = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles"
+    for name in ("tiny-int8", "small-int8"):
+        m = Bundle.load(root / name).manifest
+        assert m["manifest_sha256"] == manifest_digest(m)
+    m = json.loads((onnx_bundle / "manifest.json").read_text())
+    assert m["manifest_sha256"] == manifest_digest(m)  # the exporter seals what it writes
+    unsealed = tmp_path / "unsealed"  # a manifest from before the digest: the schema alone checks it
+    shutil.copytree(onnx_bundle, unsealed)
+    m.pop("manifest_sha256")
+    (unsealed / "manifest.json").write_text(json.dumps(m))
+    assert "manifest_sha256" not in Bundle.load(unsealed).manifest
+    assert seal_manifest(m)["manifest_sha256"].startswith("sha256:")
+
+
+def test_a_hostile_speaker_profile_is_refused_not_a_traceback(tmp_path) -> None:
+    from edge_pse import demo
+    from edge_pse.enroll.profile import _checksum, load_profile
+
+    bad = tmp_path / "bad.spk"
+    bad.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(EdgePseError, match="nested too deeply"):
+        load_profile(bad)
+    doc = json.loads(Path(demo.path(demo.SPEAKER)).read_text())
+    for field, value in (("sample_rate", 1e400), ("sample_rate", -16000)):
+        d = {**doc, field: value}
+        d["checksum"] = _checksum(d)
+        bad.write_text(json.dumps(d))
+        with pytest.raises(EdgePseError, match="not a valid speaker profile"):
+            load_profile(bad)

@@ -72,10 +72,11 @@ def test_auth_macs_bind_the_token_the_role_and_both_nonces() -> None:
 
 def test_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch) -> None:
     f = tmp_path / "token"
-    f.write_text("s3cret-token\n")
-    assert P.load_token(str(f)) == b"s3cret-token"
-    monkeypatch.setenv("EDGE_PSE_TOKEN", "from-the-env")
-    assert P.load_token(None) == b"from-the-env"
+    f.write_text("s3cret-token-4b9d21e7\n")
+    f.chmod(0o600)
+    assert P.load_token(str(f)) == b"s3cret-token-4b9d21e7"
+    monkeypatch.setenv("EDGE_PSE_TOKEN", "from-the-env-0a7c3f19")
+    assert P.load_token(None) == b"from-the-env-0a7c3f19"
     monkeypatch.setenv("EDGE_PSE_TOKEN", "")
     with pytest.raises(ValueError, match="EDGE_PSE_TOKEN"):
         P.load_token(None)
@@ -89,3 +90,56 @@ def test_targets_parse() -> None:
     for bad in ("pi:notaport", ":7700", "pi:70000", "pi:0"):
         with pytest.raises(EdgePseError, match="bad target"):
             parse_target(bad)
+
+
+def _channels() -> tuple[P.Channel, P.Channel, socket.socket, socket.socket]:
+    """Both ends of one logged-in connection: the host's channel and the agent's."""
+    a, b = socket.socketpair()
+    to_agent, to_client = P.session_keys(b"token-one-0123456789", P.new_nonce(), P.new_nonce())
+    return P.Channel(a, to_agent, to_client), P.Channel(b, to_client, to_agent), a, b
+
+
+def test_the_channel_refuses_injected_replayed_reordered_dropped_and_reflected_frames() -> None:
+    req = P.encode_json(T.REQUEST, {"op": "status"})
+    host, agent, a, b = _channels()
+    with a, b:
+        host.send(req)
+        assert agent.recv().json() == {"op": "status"}
+        a.sendall(req + bytes(P.TAG_BYTES))  # injected: no key
+        with pytest.raises(P.ProtocolError, match="failed authentication"):
+            agent.recv()
+    cases = {  # what crosses the wire after three sealed frames f1, f2, f3; how many of it are accepted
+        "replayed": (lambda f1, f2, f3: f1 + f1, 1),
+        "reordered": (lambda f1, f2, f3: f2 + f1, 0),
+        "dropped": (lambda f1, f2, f3: f1 + f3, 1),
+    }
+    for wire, accepted in cases.values():
+        host, agent, a, b = _channels()
+        with a, b:
+            f1, f2, f3 = (host.seal(req) for _ in range(3))
+            a.sendall(wire(f1, f2, f3))
+            for _ in range(accepted):
+                agent.recv()
+            with pytest.raises(P.ProtocolError, match="failed authentication"):
+                agent.recv()
+    host, agent, a, b = _channels()
+    with a, b:
+        b.sendall(host.seal(req))  # the host's own frame sent back to it
+        with pytest.raises(P.ProtocolError, match="failed authentication"):
+            host.recv()
+
+
+def test_session_keys_differ_per_login_and_per_direction() -> None:
+    n1, n2, n3 = P.new_nonce(), P.new_nonce(), P.new_nonce()
+    up, down = P.session_keys(b"token-one-0123456789", n1, n2)
+    assert up != down and len(up) == 32
+    assert P.session_keys(b"token-one-0123456789", n1, n3)[0] != up
+    assert P.session_keys(b"token-two-0123456789", n1, n2)[0] != up
+
+
+def test_hello_keeps_version_1_in_its_header_so_any_client_can_read_the_protocol() -> None:
+    frame = P.encode_json(T.HELLO, {"protocol": P.VERSION})
+    assert P.HEADER.unpack(frame[: P.HEADER.size])[1] == P.HELLO_VERSION == 1
+    assert P.parse_header(frame[: P.HEADER.size])[0] == T.HELLO
+    with pytest.raises(P.VersionMismatch, match="speaks protocol version 1; this edge-pse speaks 2"):
+        P.parse_header(P.HEADER.pack(P.MAGIC, 1, int(T.REQUEST), 2))

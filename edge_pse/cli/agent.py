@@ -27,12 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import ipaddress
+    import logging
 
     from edge_pse.errors import EdgePseError
     from firmware_host.agent import serve
     from firmware_host.client import parse_target
     from firmware_host.protocol import load_token
 
+    # failed logins, refused addresses, accept errors: to stderr, timestamped (the journal when run as a service)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s edge-pse agent: %(message)s")
     host, port = parse_target(args.listen, listen=True)
     try:
         token = load_token(args.token_file)

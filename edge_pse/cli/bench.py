@@ -10,6 +10,7 @@ from pathlib import Path
 from edge_pse.errors import EdgePseError
 
 BACKEND_CHOICES = ("litert", "executorch", "onnx", "torch")
+MAX_THREADS = 64  # the agent's limit too: more threads than any Pi-class CPU has cores is a typo
 
 
 def _threads(text: str) -> list[int]:
@@ -19,6 +20,8 @@ def _threads(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--threads takes a comma list of integers, got {text!r}") from None
     if not vals or any(v < 1 for v in vals):
         raise argparse.ArgumentTypeError(f"--threads values must be >= 1, got {text!r}")
+    if any(v > MAX_THREADS for v in vals):
+        raise argparse.ArgumentTypeError(f"--threads values must be <= {MAX_THREADS}, got {text!r}")
     return sorted(set(vals))
 
 

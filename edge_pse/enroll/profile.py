@@ -102,6 +102,8 @@ def load_profile(
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(path, f"not UTF-8 JSON ({e})") from e
+    except RecursionError:
+        raise _bad(path, "JSON nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _bad(path, f"missing format marker {FORMAT!r}")
     schema = doc.get("schema")
@@ -124,8 +126,10 @@ def load_profile(
             speech_seconds=float(enroll["speech_seconds"]),
             created_at=str(doc["created_at"]),
         )
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+    except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as e:
         raise _bad(path, f"missing or malformed field ({type(e).__name__}: {e})") from e
+    if not 1000 <= profile.sample_rate <= 384_000 or profile.clips < 0 or not 0 <= profile.seconds < 1e7:
+        raise _bad(path, "sample_rate, clips or seconds out of range")
     norm = float(np.linalg.norm(profile.embedding))
     if profile.dim != dim or not np.isfinite(profile.embedding).all() or not math.isclose(norm, 1.0, abs_tol=1e-3):
         raise _bad(path, f"embedding is not a finite unit vector of {dim} values")

@@ -4,10 +4,13 @@ file passed the gate, so a failed export leaves nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_pse.bundle import SCHEMA, SCHEMA_VERSION, Bundle, FileEntry, sha256_file
+from edge_pse.bundle import SCHEMA, SCHEMA_VERSION, Bundle, FileEntry, seal_manifest, sha256_file
 from edge_pse.errors import EdgePseError
 from edge_pse.exporters import accuracy
 from edge_pse.exporters.accuracy import Tolerance
@@ -185,43 +188,45 @@ def manifest(
     source: str,
 ) -> dict:
     cfg = step.cfg
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "preset": preset,
-        "config": cfg.to_dict(),
-        "sample_rate": cfg.sample_rate,
-        "hop": cfg.hop,
-        "speaker": _speaker_info(),
-        "io": state_spec(cfg).to_dict(),
-        "files": [f.to_dict() for f in files],
-        "reference": {"path": WEIGHTS, "sha256": sha256_file(weights), "bytes": weights.stat().st_size},
-        "toolchain": toolchain_versions(),
-        "accuracy": {
-            "float": {"si_sdri_db": round(ref_sdri, 3)},
-            **{
-                r.exported.path.name: {
-                    "snr_db": round(r.snr_db, 2),
-                    "si_sdri_db": round(r.si_sdri_db, 3),
-                    "si_sdri_drop_db": round(r.si_sdri_drop_db, 3),
-                    "latency_median_us": round(r.latency_median_us, 1),
-                    "latency_p99_us": round(r.latency_p99_us, 1),
-                    "ops_outside_delegate": r.exported.ops_outside,
-                    "passed": r.passed,
-                }
-                for r in results.values()
+    return seal_manifest(
+        {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "preset": preset,
+            "config": cfg.to_dict(),
+            "sample_rate": cfg.sample_rate,
+            "hop": cfg.hop,
+            "speaker": _speaker_info(),
+            "io": state_spec(cfg).to_dict(),
+            "files": [f.to_dict() for f in files],
+            "reference": {"path": WEIGHTS, "sha256": sha256_file(weights), "bytes": weights.stat().st_size},
+            "toolchain": toolchain_versions(),
+            "accuracy": {
+                "float": {"si_sdri_db": round(ref_sdri, 3)},
+                **{
+                    r.exported.path.name: {
+                        "snr_db": round(r.snr_db, 2),
+                        "si_sdri_db": round(r.si_sdri_db, 3),
+                        "si_sdri_drop_db": round(r.si_sdri_drop_db, 3),
+                        "latency_median_us": round(r.latency_median_us, 1),
+                        "latency_p99_us": round(r.latency_p99_us, 1),
+                        "ops_outside_delegate": r.exported.ops_outside,
+                        "passed": r.passed,
+                    }
+                    for r in results.values()
+                },
+                "heldout": calib.describe(),
             },
-            "heldout": calib.describe(),
-        },
-        "tolerance": opts.tolerance.to_dict(),
-        "source": {
-            "checkpoint": _shown_path(source),
-            # lets a test check that a committed bundle was made from the committed checkpoint
-            "checkpoint_sha256": sha256_file(source) if Path(source).is_file() else None,
-            "mode": opts.mode,
-            "calibration": calib.source,
-        },
-    }
+            "tolerance": opts.tolerance.to_dict(),
+            "source": {
+                "checkpoint": _shown_path(source),
+                # lets a test check that a committed bundle was made from the committed checkpoint
+                "checkpoint_sha256": sha256_file(source) if Path(source).is_file() else None,
+                "mode": opts.mode,
+                "calibration": calib.source,
+            },
+        }
+    )  # the digest covers every number beside the files' sha256 (an edited int8 scale is refused at load)
 
 
 def _shown_path(source: str) -> str:
@@ -233,6 +238,56 @@ def _shown_path(source: str) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+LOCK = ".export.lock"  # inside a build folder, flock-ed by the export building it: a dead export holds no lock
+STALE_UNLOCKED_S = 600.0  # a build folder without a lock file (made before locks existed) is stale after this
+
+
+def _lock(tmp: Path):
+    """Hold an exclusive lock on `tmp` for as long as this export runs (released by the OS if it is killed).
+    None where fcntl does not exist (then stale folders are recognised by age alone)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    f = open(tmp / LOCK, "w")  # held open (and locked) for the export's lifetime
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def _is_stale(folder: Path) -> bool:
+    """A build folder whose export is gone: its lock can be taken, or it has none and is old."""
+    lock = folder / LOCK
+    try:
+        import fcntl
+
+        with open(lock) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+    except BlockingIOError:
+        return False  # a live export holds it
+    except (ImportError, FileNotFoundError):
+        pass
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        return time.time() - folder.stat().st_mtime > STALE_UNLOCKED_S
+    return False
+
+
+def remove_stale_builds(out: Path) -> list[Path]:
+    """Delete the hidden `.NAME.XXXXXXXX.tmp` build folders that killed exports of `out` left behind (never one a
+    running export is using); returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for d in out.parent.iterdir():
+        if pattern.fullmatch(d.name) and d.is_dir() and not d.is_symlink() and _is_stale(d):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -258,7 +313,10 @@ def export_bundle(
     step = E3NetStep(model).eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_builds(out):
+        log(f"removed {stale.name}: left behind by an export that was killed")
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    lock = _lock(tmp)
     try:
         weights = tmp / WEIGHTS
         torch.save({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, weights)
@@ -294,10 +352,13 @@ def export_bundle(
                     f"(min {min_snr:g}), SI-SDRi drop {r.si_sdri_drop_db:.2f} dB (max {max_drop:g})"
                 )
             raise GateFailed(results, ref_sdri, "accuracy gate failed, no bundle written:\n  " + "\n  ".join(lines))
+        (tmp / LOCK).unlink(missing_ok=True)  # not part of the bundle; the open descriptor keeps the lock
         _install(tmp, out)
         return out, results, ref_sdri
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if lock is not None:
+            lock.close()
 
 
 class GateFailed(EdgePseError):
