@@ -6,10 +6,12 @@ Used by `edge-pse deploy`, `edge-pse run --target` and `edge-pse bench --target`
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,39 +234,76 @@ def stream_hops(
     progress: Callable[[int], None] | None = None,
 ) -> StreamResult:
     """Run `hops` [n, hop] through the device's active bundle from a fresh state; every input hop yields
-    exactly one output hop. A dropped connection is reopened and the session resumed (the agent resends
-    outputs we lack and says which input hop it needs next), so nothing is lost or duplicated. However it
-    ends (done, error, Ctrl-C), the session is closed on the device: it never holds one of the agent's few
-    stream slots after we are gone."""
+    exactly one output hop (`stream_iter` over an array, its outputs collected)."""
     n = len(hops)
     out = np.zeros((n, P.HOP), np.float32)
     model_ns = np.zeros(n, np.int64)
     device_ns = np.zeros(n, np.int64)
-    got = 0  # outputs received, in order
+
+    def take(seq: int, y: np.ndarray, m_ns: int, d_ns: int) -> None:
+        out[seq], model_ns[seq], device_ns[seq] = y, m_ns, d_ns
+        if progress is not None:
+            progress(seq + 1)
+
+    info, reconnects = stream_iter(
+        target, token, iter(hops), speaker, take, backend=backend, threads=threads, window=window, retries=retries
+    )
+    return StreamResult(out, model_ns, device_ns, info, reconnects)
+
+
+def stream_iter(
+    target: str,
+    token: bytes,
+    hops: Iterator[np.ndarray],
+    speaker: np.ndarray,
+    take: Callable[[int, np.ndarray, int, int], None],
+    *,
+    backend: str | None = None,
+    threads: int = 1,
+    window: int = WINDOW_HOPS,
+    retries: int = RETRIES,
+) -> tuple[dict, int]:
+    """Stream hops from an iterator through the device's active bundle from a fresh state, handing each output
+    to `take(seq, out, model_ns, device_ns)` in order; returns (what the device ran, reconnects). Only the hops
+    in flight (at most `window`) are held, so a file of any length streams in bounded memory. A dropped
+    connection is reopened and the session resumed (the agent resends outputs we lack and says which input hop
+    it needs next; we resend from the in-flight hops), so nothing is lost or duplicated. However it ends (done,
+    error, Ctrl-C), the session is closed on the device: it never holds one of the agent's few stream slots
+    after we are gone."""
     link = Link(target, token)
     session = None
     try:
         info = link.request("open_stream", speaker=[float(v) for v in speaker], backend=backend, threads=threads)
         session = info["session"]
-        if hops.shape[1:] != (info["hop"],):
-            raise EdgePseError(f"hops must be [n, {info['hop']}] for this bundle")
-        sent, reconnects = 0, 0
+        pending: deque[bytes] = deque()  # packed hops got, got+1, ...: sent (or to resend) and not yet answered
+        got = sent = reconnects = 0
+        exhausted = False
         while True:
             try:
-                while got < n:
-                    while sent < n and sent - got < window:
-                        link.send(P.pack_hop(sent, hops[sent]))
+                while True:
+                    while sent - got < window:
+                        k = sent - got
+                        if k >= len(pending):
+                            hop = None if exhausted else next(hops, None)
+                            if hop is None:
+                                exhausted = True
+                                break
+                            if hop.shape != (info["hop"],):
+                                raise ValueError(f"hops must be [n, {info['hop']}] for this bundle")
+                            pending.append(P.pack_hop(sent, hop))
+                        link.send(pending[k])
                         sent += 1
+                    if exhausted and got == sent:
+                        break
                     seq, m_ns, d_ns, y = P.unpack_out(P.expect(link.recv(), T.OUT).payload)
                     if seq != got:
                         raise P.ProtocolError(f"output hop {seq} arrived, expected {got}")
-                    out[got], model_ns[got], device_ns[got] = y, m_ns, d_ns
+                    take(seq, y, m_ns, d_ns)
+                    pending.popleft()
                     got += 1
-                    if progress is not None:
-                        progress(got)
                 link.request("close_stream")
                 session = None
-                return StreamResult(out, model_ns, device_ns, info, reconnects)
+                return info, reconnects
             except P.RemoteError as e:
                 raise EdgePseError(f"{target}: {e}") from None
             except (OSError, ConnectionError, P.ProtocolError, EdgePseError) as e:
@@ -281,6 +320,8 @@ def stream_hops(
                         raise
                     continue  # the device is still unreachable: try again
                 sent = resumed["processed"]  # the agent resends outputs got..processed-1 before anything else
+    except ValueError as e:
+        raise EdgePseError(str(e)) from None
     finally:
         link.close()
         if session is not None:
@@ -308,65 +349,72 @@ def remote_run(
     threads: int = 1,
     deadline_ms: float | None = None,
     show_progress: bool = False,
+    stats_path: str | Path | None = None,
+    describe: dict | None = None,
 ) -> dict:
     """`edge-pse run --target`: file in -> enhanced file out on the host, the model run on the device.
 
-    Same framing and latency compensation as a local `edge-pse run` (runner.ArraySource/ArraySink), so the
-    output equals a local run of the same bundle and backend. Returns the stats (device per-hop timings in
-    the same shape as the local stats, plus the host's view).
+    Same blocks, framing and latency compensation as a local `edge-pse run` (runner.BlockSource/BlockSink), so
+    the output equals a local run of the same bundle and backend. Returns the stats (device per-hop timings in
+    the same shape as the local stats, plus the host's view, after `describe`), also written to `stats_path`
+    together with the audio.
     """
     from edge_pse.runtime import audio_io
-    from edge_pse.runtime.runner import ArraySink, ArraySource
+    from edge_pse.runtime.runner import BlockSink, BlockSource
     from edge_pse.runtime.session import load_speaker
     from edge_pse.runtime.stats import HopStats
 
     out_path = audio_io.check_output_path(output_path)
-    if Path(input_path).resolve() == out_path.resolve():
-        raise EdgePseError("--output must differ from --input")
+    audio_io.check_distinct({"input": input_path, "speaker": speaker_path}, {"output": out_path, "stats": stats_path})
     st = status(target, token)
     active = st.get("active")
     if not active or "error" in active:
         raise EdgePseError(f"{target}: no usable bundle deployed ({(active or {}).get('error', 'none')})")
     emb = load_speaker(Path(speaker_path), {"speaker": active["speaker"]})
     rate, hop = int(active["sample_rate"]), int(active["hop"])
-    clip = audio_io.read_clip(input_path, rate)
-    source = ArraySource(clip.pcm, hop, flush_hops=1)
-    hops = np.stack([source.read_hop() for _ in range(source.n_hops)])
-    t0 = time.perf_counter_ns()
-    res = _with_progress(
-        show_progress,
-        len(hops),
-        Path(input_path).name,
-        lambda cb: _stream(target, token, hops, emb, backend, threads, cb),
-    )
-    wall_ns = time.perf_counter_ns() - t0
-    sink = ArraySink(len(clip.pcm), hop, delay=hop)
-    for y in res.out:
-        sink.write_hop(y)
-    pcm = audio_io.to_source_rate(sink.pcm, clip)
-    audio_io.write_clip(out_path, pcm, clip.source_rate)
-    stats = HopStats(len(hops), int(deadline_ms * 1e6) if deadline_ms else 1_000_000_000 * hop // rate)
-    for d, m in zip(res.device_ns, res.model_ns, strict=True):
-        stats.record(int(d), int(m))
-    audio_s = len(hops) * hop / rate
-    return {
-        "target": target,
-        "device": st.get("machine"),
-        **{k: v for k, v in res.info.items() if k != "session"},
-        **stats.summary(),
-        "rtf": round(stats.busy_ns() / 1e9 / audio_s, 5),
-        "host_wall_s": round(wall_ns / 1e9, 3),
-        "reconnects": res.reconnects,
-        "output_clipped": sink.clipped,
-        "mode": "remote-file",
-        "input": str(input_path),
-        "output": str(out_path),
-        "output_frames": len(pcm),
-    }
+    # streamed like a local run: read, resample, send hops, receive, resample back, write, in bounded memory
+    reader = audio_io.ClipReader(input_path, rate)
+    n_hops = -(-reader.expected_samples // hop) + 1
+    source = BlockSource(reader.blocks(), hop, flush_hops=1)
+    stats = HopStats(n_hops, int(deadline_ms * 1e6) if deadline_ms else 1_000_000_000 * hop // rate)
 
+    def hops() -> Iterator[np.ndarray]:
+        while source.wait_hop():
+            yield source.read_hop()
 
-def _stream(target, token, hops, emb, backend, threads, cb) -> StreamResult:
-    return stream_hops(target, token, hops, emb, backend=backend, threads=threads, progress=cb)
+    with audio_io.ClipWriter(out_path, rate, reader.source_rate, reader.source_frames) as writer:
+        sink = BlockSink(writer.write, hop, delay=hop)
+
+        def run(progress: Callable[[int], None]) -> tuple[dict, int]:
+            def take(seq: int, y: np.ndarray, m_ns: int, d_ns: int) -> None:
+                sink.write_hop(y)
+                stats.record(int(d_ns), int(m_ns))
+                progress(seq + 1)
+
+            return stream_iter(target, token, hops(), emb, take, backend=backend, threads=threads)
+
+        t0 = time.perf_counter_ns()
+        info, reconnects = _with_progress(show_progress, n_hops, Path(input_path).name, run)
+        sink.flush(limit=source.samples)
+        wall_ns = time.perf_counter_ns() - t0
+        audio_s = stats.hops * hop / rate
+        result = {
+            **(describe or {}),
+            "target": target,
+            "device": st.get("machine"),
+            **{k: v for k, v in info.items() if k != "session"},
+            **stats.summary(),
+            "rtf": round(stats.busy_ns() / 1e9 / audio_s, 5),
+            "host_wall_s": round(wall_ns / 1e9, 3),
+            "reconnects": reconnects,
+            "output_clipped": sink.clipped,
+            "mode": "remote-file",
+            "input": str(input_path),
+            "output": str(out_path),
+            "output_frames": reader.source_frames,  # ClipWriter pads or trims to exactly this
+        }
+        audio_io.land_together(writer.commit, stats_path, json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _with_progress(show: bool, total: int, name: str, fn):

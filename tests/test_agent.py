@@ -144,6 +144,8 @@ def _closed(s: socket.socket | client.Link) -> bool:
             f = recv()
             if f.type != T.ERROR:
                 return False
+    except TimeoutError:  # an OSError too, but a hang is not a close: the agent must drop the connection
+        return False
     except (ConnectionError, OSError):
         return True
 
@@ -347,3 +349,21 @@ def test_cli_agent_and_fleet_deploy(bundles, tmp_path) -> None:
 def test_cli_agent_needs_a_token(tmp_path) -> None:
     res = cli("agent", "--root", str(tmp_path), token="")
     assert res.returncode == 2 and "no usable shared token" in res.stderr
+
+
+def test_cli_run_target_streams_a_file_through_the_device_like_a_local_run(agent, bundles, tmp_path) -> None:
+    """`edge-pse run --target` as users call it: the audio and the stats land together, the audio equals a
+    local run of the same bundle and backend, and the device's session is closed afterwards."""
+    t = target(agent)
+    client.deploy(t, TOKEN, bundles[0])
+    out, stats_path = tmp_path / "remote.wav", tmp_path / "stats.json"
+    res = cli("run", "--target", t, "--backend", "onnx", "--input", str(demo.path(demo.MIXTURE)),
+              "--output", str(out), "--stats", str(stats_path), "--quiet")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert np.array_equal(read_pcm(out), local_run(bundles[0], demo.path(demo.MIXTURE)))
+    stats = json.loads(stats_path.read_text())
+    assert stats["mode"] == "remote-file" and stats["device_profile"] == "host" and stats["reconnects"] == 0
+    assert stats["output_frames"] == sf.info(demo.path(demo.MIXTURE)).frames
+    assert not agent.sessions  # closed when the run ended, not left to expire
+    res = cli("run", "--target", t, "--input", str(out), "--output", str(out))
+    assert res.returncode == 2 and "it would be overwritten" in res.stderr

@@ -100,7 +100,6 @@ def _run_remote(args: argparse.Namespace, profile, input_spec: str, out_path: Pa
     """File in, file out here; the hops are enhanced by the bundle deployed on the agent at --target."""
     from edge_pse import demo
     from edge_pse.errors import EdgePseError
-    from edge_pse.runtime import audio_io
     from firmware_host import client
 
     if live or args.model:
@@ -115,10 +114,9 @@ def _run_remote(args: argparse.Namespace, profile, input_spec: str, out_path: Pa
         threads=args.threads or 1,
         deadline_ms=profile.deadline_ms,
         show_progress=not args.quiet and sys.stderr.isatty(),
+        stats_path=args.stats,
+        describe={"device_profile": profile.name},
     )
-    stats = {"device_profile": profile.name, **stats}
-    if args.stats is not None:
-        audio_io.write_text(args.stats, json.dumps(stats, indent=2) + "\n")
     _print_summary(stats)
     return 0
 
