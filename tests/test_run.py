@@ -311,3 +311,19 @@ def test_memory_of_a_file_run_does_not_grow_with_its_duration(bundle_dir: Path, 
         peaks[seconds] = int(res.stderr.split("RSS")[-1].split()[0]) / 1024  # MiB
         assert sf.info(tmp_path / "out.wav").frames == 48000 * seconds
     assert peaks[1200] - peaks[10] < 40, peaks
+
+
+def test_the_speaker_profile_reaches_the_model(tmp_path: Path) -> None:
+    """`--speaker A` and `--speaker B` on the same input must give different outputs: a runtime that fed a
+    constant embedding (or dropped the profile) would give the same file twice."""
+    from edge_pse.cli.run import DEFAULT_BUNDLE
+
+    other = make_speaker(tmp_path / "other.spk", encoder="resemblyzer-dvector")
+    outs = []
+    for spk in (demo.path(demo.SPEAKER), other):
+        out = tmp_path / f"{Path(spk).stem}.wav"
+        res = edge_pse("run", "--model", DEFAULT_BUNDLE, "--speaker", spk, "--output", out, "--quiet")
+        assert res.returncode == 0, res.stderr
+        outs.append(sf.read(out, dtype="float32")[0])
+    diff = 10 * np.log10(np.sum(outs[0] ** 2) / np.sum((outs[0] - outs[1]) ** 2))
+    assert diff < 40, f"the two profiles' outputs agree to {diff:.1f} dB SNR: the profile does not reach the model"

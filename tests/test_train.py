@@ -237,6 +237,7 @@ def _cli_env(tmp_path) -> dict:
     return os.environ | {"HOME": str(tmp_path)}  # its own d-vector cache
 
 
+@pytest.mark.slow
 def test_ddp_training_with_two_gloo_processes(synthetic_root, tmp_path) -> None:
     """`torchrun --nproc-per-node 2 -m edge_pse train` as the README shows: both ranks step together, rank 0
     alone writes the run, and the run resumes in a single process."""

@@ -1,0 +1,158 @@
+"""Plant known faults in a copy of the project and report which the test suite catches.
+
+    python -m tests.mutants [--only NAME ...] [--keep]
+
+Each mutant replaces one exact piece of source in a temporary copy of the checkout (never in the checkout
+itself), then runs the tests that should catch it with the copy first on PYTHONPATH. A mutant is "caught"
+when those tests fail. A planted fault the suite does not catch means a test is missing or too weak: the
+table says which. docs/testing.md explains how to add a mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "campaign", "runs", "artifacts", "*.egg-info")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # file relative to the repo
+    old: str  # must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest arguments that should catch it
+
+
+MUTANTS = (
+    Mutant(
+        "speaker cut out of E3Net",
+        "edge_pse/model/e3net.py",
+        "        z = self.speaker(spk)\n",
+        "        z = self.speaker(torch.zeros_like(spk))\n",
+        ("tests/test_model.py",),
+    ),
+    Mutant(
+        "the step ignores the speaker's FiLM",
+        "edge_pse/model/step.py",
+        "                x = self.adapt[k](x, spk)\n",
+        "                x = self.adapt[k](x, torch.zeros_like(spk))\n",
+        ("tests/test_model.py",),
+    ),
+    Mutant(
+        "training examples carry another speaker's d-vector",
+        "edge_pse/data/mixtures.py",
+        "            self._embeddings[s][o].astype(np.float32),\n            condition,",
+        "            self._swap_embedding(s, None),\n            condition,",
+        ("tests/test_data.py",),
+    ),
+    Mutant(
+        "dual-target pairs give each row the other talker's target",
+        "edge_pse/data/mixtures.py",
+        "            target = (ref * scale).astype(np.float32)\n",
+        "            target = (refs[1 - k] * scale).astype(np.float32)\n",
+        ("tests/test_data.py",),
+    ),
+    Mutant(
+        "edge-pse run ignores --speaker",
+        "edge_pse/runtime/backends/base.py",
+        "        self._spk[0] = emb\n",
+        "        self._spk[0] = 1.0 / np.sqrt(self.spk_dim)\n",
+        ("tests/test_run.py", "-k", "reaches"),
+    ),
+    Mutant(
+        "the mask is ignored",
+        "edge_pse/model/e3net.py",
+        "        return self.decode(feats * self.masker(feats, spk), length)\n",
+        "        return self.decode(feats, length)\n",
+        ("tests/test_shipped.py", "-k", "improves"),
+    ),
+    Mutant(
+        "LiteRT does not carry the state between hops",
+        "edge_pse/runtime/backends/litert.py",
+        "        for out_idx, in_idx in self._direct:\n            put(in_idx, get(out_idx))\n",
+        "        for out_idx, in_idx in self._direct:\n            pass\n",
+        ("tests/test_shipped.py", "-k", "improves"),
+    ),
+    Mutant(
+        "int8 scales ignored when a state is requantized",
+        "edge_pse/runtime/backends/litert.py",
+        "            a = s_o / s_i\n",
+        "            a = 1.0\n",
+        ("tests/test_shipped.py", "-k", "improves"),
+    ),
+    Mutant(
+        "the bundle's sha256 check skipped",
+        "edge_pse/bundle.py",
+        "            if sha256_file(fpath) != entry.sha256:\n",
+        "            if False:\n",
+        ("tests/test_bundle.py",),
+    ),
+    Mutant(
+        "the streamed file run drops the lag compensation",
+        "edge_pse/runtime/runner.py",
+        "    sink = BlockSink(write, hop, delay=hop)\n",
+        "    sink = BlockSink(write, hop, delay=0)\n",
+        ("tests/test_run.py", "-k", "streamed"),
+    ),
+)
+
+
+def run_mutant(m: Mutant, workdir: Path) -> tuple[bool, float, str]:
+    """(caught, seconds, last line of pytest's output) for one mutant planted in a fresh copy."""
+    copy = workdir / "repo"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(REPO, copy, ignore=COPY_IGNORE, symlinks=True)
+    src = copy / m.path
+    text = src.read_text()
+    if text.count(m.old) != 1:
+        raise SystemExit(f"mutant {m.name!r}: its source is no longer in {m.path} exactly once; update the mutant")
+    src.write_text(text.replace(m.old, m.new))
+    env = os.environ | {"PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    data = REPO.parent / "shared" / "data"
+    if "EDGE_PSE_DATA" not in env and data.is_dir():  # the copy is not beside ../shared: point it there
+        env["EDGE_PSE_DATA"] = str(data)
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [x for x in res.stdout.splitlines() if x.strip()]
+    return res.returncode != 0, time.monotonic() - t0, lines[-1] if lines else res.stderr[-200:]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="names (substrings) of the mutants to run")
+    args = ap.parse_args()
+    chosen = [m for m in MUTANTS if not args.only or any(s in m.name for s in args.only)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edge-pse-mutants-") as tmp:
+        for m in chosen:
+            caught, seconds, last = run_mutant(m, Path(tmp))
+            rows.append((m, caught, seconds, last))
+            print(f"{'caught' if caught else 'MISSED'}: {m.name} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+    print("| planted fault | file | caught by | result |\n|---|---|---|---|")
+    for m, caught, _, last in rows:
+        verdict = f"caught ({last})" if caught else f"**missed** ({last})"
+        print(f"| {m.name} | `{m.path}` | `{' '.join(m.tests)}` | {verdict} |")
+    missed = [m.name for m, caught, _, _ in rows if not caught]
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
