@@ -74,6 +74,11 @@ _DEVICE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 log = logging.getLogger("edge_pse.agent")
 
 
+class SessionGone(EdgePseError):
+    """The stream session the client names is unknown, expired or cannot resume where it asks: retrying the
+    same request cannot help (ERROR code "session"; the client branches on the code, not the words)."""
+
+
 class Busy(EdgePseError):
     """The agent cannot take this now; `retry_after_s` says when it expects to (None: when a stream ends)."""
 
@@ -679,6 +684,8 @@ class _Connection:
                 raise EdgePseError(f"unknown op {op!r}")
         except Busy as e:
             self.send_error("busy", str(e), retry_after_s=e.retry_after_s)
+        except SessionGone as e:
+            self.send_error("session", str(e))
         except EdgePseError as e:
             self.send_error("request", str(e))
         except (P.ProtocolError, OSError):
@@ -701,7 +708,7 @@ class _Connection:
             sid = self.session.id
         s = self.agent.close_session(str(sid))
         if s is None:
-            raise EdgePseError("unknown or expired stream session")
+            raise SessionGone("unknown or expired stream session")
         if self.session is s:
             self.session = None
         self._reply({"ok": True, "processed": s.processed})
@@ -711,12 +718,12 @@ class _Connection:
         with self.agent._lock:
             s = self.agent.sessions.get(str(req.get("session")))
         if s is None:
-            raise EdgePseError("unknown or expired stream session; start the stream again")
+            raise SessionGone("unknown or expired stream session; start the stream again")
         received = req.get("received")
         with s.lock:
             kept = len(s.outputs)
             if not isinstance(received, int) or not s.processed - kept <= received <= s.processed:
-                raise EdgePseError(
+                raise SessionGone(
                     f"cannot resume from output hop {received!r}: the agent has processed {s.processed} hops "
                     f"and keeps the last {kept}"
                 )

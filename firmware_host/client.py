@@ -64,6 +64,14 @@ def parse_target(target: str, listen: bool = False) -> tuple[str, int]:
     return host, p
 
 
+class AgentRefused(EdgePseError):
+    """The agent answered a request with an ERROR frame; `code` says what kind (busy, session, request, ...)."""
+
+    def __init__(self, target: str, err: P.RemoteError) -> None:
+        super().__init__(f"{target}: {err}")
+        self.code = err.code
+
+
 class Link:
     """One authenticated connection to an agent; every frame after the login is MAC-checked (`P.Channel`)."""
 
@@ -125,7 +133,7 @@ class Link:
             self.send(P.encode_json(T.REQUEST, {"op": op, **kw}))
             return P.expect(self.recv(), T.REPLY).json()
         except P.RemoteError as e:
-            raise EdgePseError(f"{self.target}: {e}") from None
+            raise AgentRefused(self.target, e) from None
         except P.ProtocolError as e:
             raise EdgePseError(f"{self.target}: protocol error: {e}") from None
         except (OSError, ConnectionError) as e:
@@ -315,9 +323,11 @@ def stream_iter(
                 try:
                     link = Link(target, token)
                     resumed = link.request("resume_stream", session=session, received=got)
-                except EdgePseError as e2:
-                    if "unknown or expired" in str(e2) or "cannot resume" in str(e2):
+                except AgentRefused as e2:
+                    if e2.code == "session":  # gone or past its resume window: retrying cannot help
                         raise
+                    continue
+                except EdgePseError:
                     continue  # the device is still unreachable: try again
                 sent = resumed["processed"]  # the agent resends outputs got..processed-1 before anything else
     except ValueError as e:

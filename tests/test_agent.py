@@ -255,16 +255,18 @@ def test_a_stream_killed_mid_way_resumes_without_losing_or_duplicating_audio(age
 def test_resume_refuses_an_unknown_session_and_a_gap(agent, bundles) -> None:
     t = target(agent)
     client.deploy(t, TOKEN, bundles[0])
-    with client.Link(t, TOKEN) as link, pytest.raises(EdgePseError, match="unknown or expired"):
+    with client.Link(t, TOKEN) as link, pytest.raises(client.AgentRefused, match="unknown or expired") as err:
         link.request("resume_stream", session="0" * 32, received=0)
+    assert err.value.code == "session"  # what the client's retry loop branches on (not the message's words)
     with client.Link(t, TOKEN) as link:
         info = link.request("open_stream", speaker=[0.0625] * 256, backend="onnx")
         link.send(P.pack_hop(0, np.zeros(160, np.float32)))
         P.expect(link.recv(), T.OUT)
         session = info["session"]
     with client.Link(t, TOKEN) as link:
-        with pytest.raises(EdgePseError, match="cannot resume from output hop 5"):
+        with pytest.raises(client.AgentRefused, match="cannot resume from output hop 5") as err:
             link.request("resume_stream", session=session, received=5)
+        assert err.value.code == "session"
         assert link.request("resume_stream", session=session, received=1)["processed"] == 1
         link.send(P.pack_hop(3, np.zeros(160, np.float32)))  # skips hops 1 and 2: audio would be lost
         assert _closed(link)
