@@ -305,3 +305,15 @@ def test_ship_replaces_the_shipped_weights_and_writes_a_card_from_the_run(datase
     assert "edge-pse train --preset tiny ..." in card and "3 s" in card and "Measured quality" in card
     copied = (pkg / "edge_pse" / "checkpoints" / "tiny.pt").read_bytes()
     assert copied != (repo / "edge_pse" / "checkpoints" / "tiny.pt").read_bytes()  # the checkout's stays as it was
+
+
+def test_batches_made_by_worker_processes_are_the_batches_made_inline(datasets, tmp_path) -> None:
+    inline = make_trainer(datasets, tmp_path / "a", steps=6, recipe="pse")
+    ahead = make_trainer(datasets, tmp_path / "b", steps=6, recipe="pse", workers=2)
+    got = list(ahead.batches(2, 5))
+    assert len(got) == 3
+    for step, (mix, ref, emb, keys) in zip(range(2, 5), got, strict=True):
+        m, r, e, k = inline.tensors_at(step)
+        assert torch.equal(mix, m) and torch.equal(ref, r) and torch.equal(emb, e) and keys == k
+    with pytest.raises(EdgePseError, match="--workers"):
+        make_trainer(datasets, tmp_path / "c", steps=2, workers=-1)

@@ -30,6 +30,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
         help="override the preset's speaker conditioning (presets: film)",
     )
     p.add_argument("--stop-at", type=int, default=0, metavar="STEP", help="stop (resumable) at this step")
+    p.add_argument("--device", default="cpu", help="where the model trains: cpu (default) or cuda on an accelerator")
+    p.add_argument("--workers", type=int, default=0, help="processes making batches ahead of the step (0: inline)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,6 +115,8 @@ def _run(
         recipe=args.recipe,
         conditioning=args.conditioning,
         stop_at=args.stop_at,
+        device=args.device,
+        workers=args.workers,
     )
     trainer = run_training(cfg, resume=not args.no_resume, init=args.init)
     if trainer.rank == 0:

@@ -71,9 +71,15 @@ class TrainConfig:
     conditioning: str | None = None  # override the preset's speaker conditioning (model/config.py)
     val_pairs: int = 32  # two-talker validation pairs: right- and swapped-speaker SI-SNRi, their gap
     stop_at: int = 0  # stop (and save) at this step, leaving the run resumable on its full schedule
+    device: str = "cpu"  # where the model trains ("cuda" on an accelerator); the data is always made on the CPU
+    workers: int = 0  # processes making batches ahead of the training step (0: made in the loop)
 
     def __post_init__(self) -> None:
         get_recipe(self.recipe)
+        if self.workers < 0:
+            raise EdgePseError("--workers must be >= 0")
+        if self.device != "cpu" and self.asr_weight > 0:
+            raise EdgePseError("the ASR loss runs on the CPU only: drop --asr-loss-weight or train with --device cpu")
         if self.conditioning is not None and self.conditioning not in CONDITIONINGS:
             raise EdgePseError(f"--conditioning must be one of {', '.join(CONDITIONINGS)}")
         if not 0.0 <= self.kd_weight <= 1.0:
@@ -139,13 +145,15 @@ class Trainer:
         mcfg_model = get_preset(cfg.preset)
         if cfg.conditioning:
             mcfg_model = replace(mcfg_model, conditioning=cfg.conditioning)
+        self.device = torch.device(cfg.device)
         self.model = E3Net(mcfg_model)
         # standardise by the training speakers' d-vectors (a resumed or --init run loads its own statistics)
         self.model.set_speaker_stats(torch.from_numpy(np.concatenate(self.train_ds._embeddings)))
+        self.model.to(self.device)
         self.teacher: E3Net | None = None
         if cfg.teacher:
             self.teacher, _ = load_model(cfg.teacher)
-            self.teacher.requires_grad_(False)
+            self.teacher.requires_grad_(False).to(self.device)
         self.asr = None
         if cfg.asr_weight > 0:  # imported here: with the weight at 0 nothing of Whisper is loaded
             from edge_pse.train.asr_loss import AsrLoss
@@ -295,12 +303,28 @@ class Trainer:
         term = self.asr(est[rows], source[rows], keys)  # the mean over the rows with words to recognise
         return torch.zeros(()) if term is None else term
 
-    def train_step(self) -> float:
+    def tensors_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """One step's batch as tensors (mixture, reference, embedding) and its dataset keys."""
+        exs, keys = self.batch_at(step)
+        return (*_stack(exs), keys)
+
+    def batches(self, start: int, end: int):
+        """Steps start..end-1's batches, in order: made in the loop, or `workers` processes ahead of it (the
+        same batches either way: each is a pure function of its step)."""
+        if not self.cfg.workers:
+            return (self.tensors_at(step) for step in range(start, end))
+        loader = torch.utils.data.DataLoader(
+            _StepBatches(self), batch_size=None, sampler=range(start, end), num_workers=self.cfg.workers,
+            prefetch_factor=4, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        return iter(loader)
+
+    def train_step(self, batch: tuple | None = None) -> float:
         self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.cfg)
-        exs, indices = self.batch_at(self.step)
-        mix, ref, emb = _stack(exs)
+        mix, ref, emb, indices = batch if batch is not None else self.tensors_at(self.step)
+        mix, ref, emb = (t.to(self.device, non_blocking=True) for t in (mix, ref, emb))
         loss = self.loss_on(mix, ref, emb, indices)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -319,7 +343,8 @@ class Trainer:
         self.model.eval()
         mix_gains, levels = [], []
         for i in range(0, len(self.val_ds), 16):
-            mix, ref, emb = _batch(self.val_ds, list(range(i, min(i + 16, len(self.val_ds)))))
+            batch = _batch(self.val_ds, list(range(i, min(i + 16, len(self.val_ds)))))
+            mix, ref, emb = (t.to(self.device) for t in batch)
             keep = ref.pow(2).mean(-1) > 1e-10
             if keep.any():
                 est = self.model.enhance(mix[keep], emb[keep])
@@ -329,7 +354,7 @@ class Trainer:
         n_pairs = min(self.cfg.val_pairs, len(self.val_ds))
         for i in range(0, n_pairs, 8):
             exs = [e for j in range(i, min(i + 8, n_pairs)) for e in self.val_ds.pair(j)]
-            mix, ref, emb = _stack(exs)
+            mix, ref, emb = (t.to(self.device) for t in _stack(exs))
             swapped = emb.view(-1, 2, emb.shape[-1]).flip(1).reshape(emb.shape)  # A's row gets B's embedding
             base = si_snr(mix, ref)
             est = self.model.enhance(mix, emb)
@@ -366,8 +391,9 @@ class Trainer:
             if self.rank == 0 and self.world == 1:  # a clean stop by PID: finish the step, save, exit
                 signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
             end = min(self.cfg.steps, self.cfg.stop_at) if self.cfg.stop_at else self.cfg.steps
+            batches = self.batches(self.step, end)
             while self.step < end and not stop["signal"]:
-                losses.append(self.train_step())
+                losses.append(self.train_step(next(batches)))
                 bar.update(task, completed=self.step, loss=float(np.mean(losses[-20:])))
                 validate = self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps
                 if validate:
@@ -409,6 +435,19 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
         if log:
             log.close()
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Batches indexed by step, for DataLoader workers (forked: each holds its own copy of the datasets)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def __len__(self) -> int:
+        return self.trainer.cfg.steps
+
+    def __getitem__(self, step: int):
+        return self.trainer.tensors_at(step)
 
 
 def lineage_of(payload: dict, source: str) -> list[dict]:
