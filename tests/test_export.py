@@ -146,6 +146,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
         (["--qat-steps", "0"], "positive integer"),
         (["--checkpoint", "/nonexistent/model.pt"], "not found"),
         (["--checkpoint", __file__, "--calibration", "/nonexistent/dir"], "calibration directory"),
+        (["--student", "tiny", "--output", "/proc/edge-pse/bundle"], "cannot write to /proc"),  # before the work
     ],
 )
 def test_cli_bad_arguments_exit_2_with_a_clear_message(args, message) -> None:

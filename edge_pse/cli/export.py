@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.output or REPO_ROOT / "artifacts" / f"{name}-{args.mode}"
     if out.exists() and not (out / "manifest.json").is_file():
         raise EdgePseError(f"output {out} exists and is not a bundle; refusing to replace it")
+    from edge_pse.runtime.audio_io import check_writable
+
+    existing = next(p for p in (out.parent, *out.parent.parents) if p.exists())  # parents are made as needed
+    check_writable(existing / out.name)  # a read-only place fails now, not after minutes of export
 
     import torch
 
