@@ -18,6 +18,10 @@ from edge_pse.enroll.runtime_encoder import RuntimeEncoder
 from edge_pse.errors import EdgePseError
 from tests.speechlike import DATA, SR, real_speech, speech_files, speech_like
 
+# exported vs torch encoder: measured >= 0.99999 here; two DIFFERENT synthetic voices already reach 0.993, so a
+# looser bound could not tell a broken export from a working one
+SAME = 0.9999
+
 
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory) -> Path:
@@ -30,7 +34,7 @@ def test_onnx_matches_torch_on_a_synthetic_voice(encoder_dir: Path) -> None:
     enc = RuntimeEncoder(encoder_dir, backend="onnx")
     for seed, f0 in [(0, 110.0), (1, 210.0)]:
         wave = speech_like(5.0, seed=seed, f0=f0)
-        assert float(enc.embed(wave) @ dvector.embed(wave)) >= 0.99
+        assert float(enc.embed(wave) @ dvector.embed(wave)) >= SAME
 
 
 def test_onnx_matches_torch_on_real_speech(encoder_dir: Path) -> None:
@@ -41,7 +45,7 @@ def test_onnx_matches_torch_on_real_speech(encoder_dir: Path) -> None:
         wave = real_speech(i, seconds=None)
         a, b = enc.embed(wave), dvector.embed(wave)
         assert a.shape == (256,) and np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
-        assert float(a @ b) >= 0.99
+        assert float(a @ b) >= SAME
 
 
 def test_preprocessing_matches_resemblyzer() -> None:
@@ -77,7 +81,7 @@ def test_runtime_encoder_imports_and_runs_without_torch(encoder_dir: Path, tmp_p
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [dvector.ENCODER_NAME, dvector.encoder_version(), "onnx"]
-    assert float(np.load(tmp_path / "emb.npy") @ dvector.embed(wave)) >= 0.99
+    assert float(np.load(tmp_path / "emb.npy") @ dvector.embed(wave)) >= SAME
 
 
 def test_enroll_cli_with_the_exported_encoder_matches_torch(encoder_dir: Path, tmp_path: Path) -> None:
@@ -92,7 +96,7 @@ def test_enroll_cli_with_the_exported_encoder_matches_torch(encoder_dir: Path, t
     assert main([*args, "--output", str(tmp_path / "torch.spk"), "--encoder", "torch"]) == 0
     onnx, torch_ = load_profile(tmp_path / "onnx.spk"), load_profile(tmp_path / "torch.spk")
     assert (onnx.encoder_backend, torch_.encoder_backend) == ("onnx", "torch")
-    assert onnx.encoder == torch_.encoder and float(onnx.embedding @ torch_.embedding) >= 0.99
+    assert onnx.encoder == torch_.encoder and float(onnx.embedding @ torch_.embedding) >= SAME
 
 
 def test_tampered_or_missing_encoder_files_are_refused(encoder_dir: Path, tmp_path: Path) -> None:
@@ -117,4 +121,4 @@ def test_litert_export_matches_torch(tmp_path: Path) -> None:
     export(tmp_path, litert=True)  # ~2.5 min here; the export checks the .tflite against torch
     enc = RuntimeEncoder(tmp_path, backend="litert")
     wave = real_speech(0, seconds=None) if speech_files() else speech_like(6.0)
-    assert float(enc.embed(wave) @ dvector.embed(wave)) >= 0.99
+    assert float(enc.embed(wave) @ dvector.embed(wave)) >= SAME
