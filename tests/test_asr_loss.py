@@ -114,10 +114,17 @@ def teacher_ckpt(tmp_path_factory):
 @pytest.mark.parametrize("mode", [[], ["--noisy-only"]], ids=["clean-labels", "noisy-only"])
 def test_distill_with_the_asr_loss_runs(synthetic_root, teacher_ckpt, tmp_path, mode: list[str]) -> None:
     from edge_pse.cli import main
+    from edge_pse.model.checkpoint import load_model
 
-    out = tmp_path / "run"
+    out, plain = tmp_path / "run", tmp_path / "plain"
     assert main(_distill_args(synthetic_root, out, teacher_ckpt, "--asr-loss-weight", "0.1", *mode)) == 0
     assert (out / "last.pt").is_file() and (out / "log.jsonl").is_file()
+    # the same run without the ASR term: same data, seed and init, so any difference is the ASR gradient
+    assert main(_distill_args(synthetic_root, plain, teacher_ckpt, *mode)) == 0
+    with_asr, _ = load_model(out / "last.pt")
+    without, _ = load_model(plain / "last.pt")
+    moved = max((a - b).abs().max().item() for a, b in zip(with_asr.parameters(), without.parameters(), strict=True))
+    assert moved > 1e-6, "the ASR loss did not change the training at all"
 
 
 @pytest.mark.parametrize(
