@@ -358,7 +358,7 @@ def remote_run(
     backend: str | None = None,
     threads: int = 1,
     deadline_ms: float | None = None,
-    show_progress: bool = False,
+    progress: Callable[[int], None] | None = None,
     stats_path: str | Path | None = None,
     describe: dict | None = None,
 ) -> dict:
@@ -395,16 +395,14 @@ def remote_run(
     with audio_io.ClipWriter(out_path, rate, reader.source_rate, reader.source_frames) as writer:
         sink = BlockSink(writer.write, hop, delay=hop)
 
-        def run(progress: Callable[[int], None]) -> tuple[dict, int]:
-            def take(seq: int, y: np.ndarray, m_ns: int, d_ns: int) -> None:
-                sink.write_hop(y)
-                stats.record(int(d_ns), int(m_ns))
+        def take(seq: int, y: np.ndarray, m_ns: int, d_ns: int) -> None:
+            sink.write_hop(y)
+            stats.record(int(d_ns), int(m_ns))
+            if progress is not None:
                 progress(seq + 1)
 
-            return stream_iter(target, token, hops(), emb, take, backend=backend, threads=threads)
-
         t0 = time.perf_counter_ns()
-        info, reconnects = _with_progress(show_progress, n_hops, Path(input_path).name, run)
+        info, reconnects = stream_iter(target, token, hops(), emb, take, backend=backend, threads=threads)
         sink.flush(limit=source.samples)
         wall_ns = time.perf_counter_ns() - t0
         audio_s = stats.hops * hop / rate
@@ -425,21 +423,6 @@ def remote_run(
         }
         audio_io.land_together(writer.commit, stats_path, json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _with_progress(show: bool, total: int, name: str, fn):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("[bold]{task.fields[what]}[/] {task.fields[name]}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeRemainingColumn(),
-        disable=not show,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("remote", total=total, name=name, what="remote")
-        return fn(lambda k: progress.update(task, completed=k))
 
 
 # --- bench

@@ -58,3 +58,15 @@ def synthetic_root(tmp_path_factory) -> Path:
             root / "noise" / "synth" / f"n{k}.flac", (0.05 * rng.standard_normal(16_000 * 3)).astype("float32"), 16_000
         )
     return root
+
+
+@pytest.fixture
+def agent(tmp_path):
+    """A device agent on loopback, in this process (token tests.test_agent.TOKEN); closed after the test."""
+    from firmware_host.agent import Agent
+    from tests.test_agent import TOKEN
+
+    a = Agent(tmp_path / "agent", TOKEN)
+    a.start()
+    yield a
+    a.close()

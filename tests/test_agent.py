@@ -39,14 +39,6 @@ def bundles(tmp_path_factory) -> tuple[Path, Path]:
     return make_bundle(root / "tiny-a", seed=0), make_bundle(root / "tiny-b", seed=1)
 
 
-@pytest.fixture
-def agent(tmp_path):
-    a = Agent(tmp_path / "agent", TOKEN)
-    a.start()
-    yield a
-    a.close()
-
-
 def target(a: Agent) -> str:
     return f"127.0.0.1:{a.address[1]}"
 

@@ -23,15 +23,14 @@ import pytest
 from edge_pse.errors import EdgePseError
 from firmware_host import client
 from firmware_host import protocol as P
-from firmware_host.agent import Agent
 from firmware_host.protocol import T
 
 pytest.importorskip("torch")  # the fixture bundle is exported here with the project's exporter
 pytest.importorskip("onnxruntime")
 
+from tests.test_agent import TOKEN, target
 from tests.test_run_bundle import make_bundle
 
-TOKEN = b"loopback-test-token"
 REPO = Path(__file__).resolve().parent.parent
 SPEAKER = [0.0625] * 256
 
@@ -39,18 +38,6 @@ SPEAKER = [0.0625] * 256
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("hostile") / "tiny-a")
-
-
-@pytest.fixture
-def agent(tmp_path):
-    a = Agent(tmp_path / "agent", TOKEN)
-    a.start()
-    yield a
-    a.close()
-
-
-def target(a: Agent) -> str:
-    return f"127.0.0.1:{a.address[1]}"
 
 
 def connect_from(port: int, source: str, timeout: float = 5.0) -> socket.socket:

@@ -7,8 +7,10 @@ tiny int8 bundle, the demo speaker and mixture) and prints the stats.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "tiny-int8"
@@ -104,26 +106,26 @@ def _run_remote(args: argparse.Namespace, profile, input_spec: str, out_path: Pa
 
     if live or args.model:
         raise EdgePseError("--target runs a file through the device's deployed bundle (edge-pse deploy first)")
-    stats = client.remote_run(
-        args.target,
-        client.token(args.token_file),
-        input_spec,
-        out_path,
-        args.speaker or demo.path(demo.SPEAKER),
-        backend=args.backend,
-        threads=args.threads or 1,
-        deadline_ms=profile.deadline_ms,
-        show_progress=not args.quiet and sys.stderr.isatty(),
-        stats_path=args.stats,
-        describe={"device_profile": profile.name},
-    )
+    with _hop_progress(not args.quiet and sys.stderr.isatty(), Path(input_spec).name, "remote") as tick:
+        stats = client.remote_run(
+            args.target,
+            client.token(args.token_file),
+            input_spec,
+            out_path,
+            args.speaker or demo.path(demo.SPEAKER),
+            backend=args.backend,
+            threads=args.threads or 1,
+            deadline_ms=profile.deadline_ms,
+            progress=tick,
+            stats_path=args.stats,
+            describe={"device_profile": profile.name},
+        )
     _print_summary(stats)
     return 0
 
 
 def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) -> dict:
     """File to file in blocks: read, resample, enhance, resample back, write; memory bounded by the block."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edge_pse.runtime import audio_io
     from edge_pse.runtime.runner import run_blocks
@@ -131,23 +133,12 @@ def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) ->
     reader = audio_io.ClipReader(input_spec, session.sample_rate)
     hops = -(-reader.expected_samples // session.hop) + 1
     show = not args.quiet and sys.stderr.isatty()
+    show = not args.quiet and sys.stderr.isatty()
     with (
-        Progress(
-            TextColumn("[bold]enhancing[/] {task.fields[name]}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} hops"),
-            TimeRemainingColumn(),
-            disable=not show,
-            transient=True,
-        ) as progress,
+        _hop_progress(show, Path(input_spec).name, "enhancing", total=hops) as tick,
         # the output has the input's rate and exactly its number of frames (mono: the model hears one channel)
         audio_io.ClipWriter(out_path, session.sample_rate, reader.source_rate, reader.source_frames) as writer,
     ):
-        task = progress.add_task("run", total=hops, name=Path(input_spec).name)
-
-        def tick(stats) -> None:
-            progress.update(task, completed=stats.hops)
-
         stats = run_blocks(
             session.backend,
             reader.blocks(),
@@ -156,9 +147,9 @@ def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) ->
             sample_rate=session.sample_rate,
             expected_hops=hops,
             deadline_ns=int(session.profile.deadline_ms * 1e6),
-            tick=tick if show else None,
+            tick=(lambda st: tick(st.hops)) if show else None,
         )
-        progress.update(task, completed=hops)
+        tick(hops)
         stats = {**describe, **stats}
         stats.update(
             {
@@ -175,6 +166,23 @@ def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) ->
         )
         audio_io.land_together(writer.commit, args.stats, json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+@contextlib.contextmanager
+def _hop_progress(show: bool, name: str, what: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """The progress bar of a file run, local or remote: yields tick(hops done)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn(f"[bold]{what}[/] {{task.fields[name]}}"),
+        BarColumn(),
+        TextColumn("{task.completed} hops"),
+        TimeRemainingColumn(),
+        disable=not show,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(what, total=total, name=name)
+        yield lambda k: progress.update(task, completed=k)
 
 
 def _run_live(session, args, mic, spk) -> dict:
