@@ -327,3 +327,17 @@ def test_the_speaker_profile_reaches_the_model(tmp_path: Path) -> None:
         outs.append(sf.read(out, dtype="float32")[0])
     diff = 10 * np.log10(np.sum(outs[0] ** 2) / np.sum((outs[0] - outs[1]) ** 2))
     assert diff < 40, f"the two profiles' outputs agree to {diff:.1f} dB SNR: the profile does not reach the model"
+
+
+def test_torch_free_enrollment_out_of_the_box_matches_the_host_profile(tmp_path: Path) -> None:
+    """A device install enrolls with the packaged numpy encoder (no torch, no runtime, no export step) and gets
+    the profile the host's torch encoder gave the demo speaker."""
+    from edge_pse.enroll.profile import load_profile
+
+    out = tmp_path / "me.spk"
+    res = edge_pse("enroll", "--audio", demo.path(demo.ENROLLMENT), "--output", out)
+    assert res.returncode == 0, res.stderr
+    mine, host = load_profile(out), load_profile(demo.path(demo.SPEAKER))
+    assert mine.encoder_backend == "numpy" and host.encoder_backend == "torch"
+    assert (mine.encoder, mine.encoder_version) == (host.encoder, host.encoder_version)
+    assert float(mine.embedding @ host.embedding) >= 0.999

@@ -122,3 +122,29 @@ def test_litert_export_matches_torch(tmp_path: Path) -> None:
     enc = RuntimeEncoder(tmp_path, backend="litert")
     wave = real_speech(0, seconds=None) if speech_files() else speech_like(6.0)
     assert float(enc.embed(wave) @ dvector.embed(wave)) >= SAME
+
+
+def test_the_packaged_numpy_encoder_matches_torch() -> None:
+    """What a device install enrolls with: the weights shipped in the package, run by numpy."""
+    from edge_pse.enroll.runtime_encoder import PACKAGED
+
+    enc = RuntimeEncoder(PACKAGED)
+    assert enc.backend == "numpy" and RuntimeEncoder.backends_in(PACKAGED) == ["numpy"]
+    for seed, f0 in [(0, 110.0), (1, 210.0)]:
+        wave = speech_like(5.0, seed=seed, f0=f0)
+        assert float(enc.embed(wave) @ dvector.embed(wave)) >= SAME
+    for i in range(min(4, len(speech_files()))):  # real speech when the data is beside the checkout
+        wave = real_speech(i, seconds=None)
+        assert float(enc.embed(wave) @ dvector.embed(wave)) >= SAME
+
+
+def test_a_tampered_packaged_weight_file_is_refused(tmp_path: Path) -> None:
+    from edge_pse.enroll.runtime_encoder import PACKAGED
+
+    shutil.copytree(PACKAGED, tmp_path / "enc")
+    weights = tmp_path / "enc" / "speaker_encoder_weights.npz"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(EdgePseError, match="does not match its sha256"):
+        RuntimeEncoder(tmp_path / "enc")

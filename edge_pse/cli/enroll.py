@@ -18,10 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, type=Path, help="the speaker profile to write (e.g. me.spk)")
     p.add_argument(
         "--encoder",
-        choices=["auto", "torch", "onnx", "litert"],
+        choices=["auto", "torch", "numpy", "onnx", "litert"],
         default="auto",
         help="which runtime computes the d-vector (default: the exported encoder if --encoder-dir is "
-        "given, else torch)",
+        "given, else torch when installed, else the packaged numpy encoder)",
     )
     p.add_argument(
         "--encoder-dir",

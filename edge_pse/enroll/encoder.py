@@ -1,4 +1,5 @@
-"""Pick the speaker encoder that enrollment runs: torch (resemblyzer) or an exported one (ONNX / LiteRT)."""
+"""Pick the speaker encoder that enrollment runs: torch (resemblyzer), the packaged numpy one, or an exported one
+(ONNX / LiteRT)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from edge_pse.errors import EdgePseError
 
-KINDS = ("auto", "torch", "onnx", "litert")
+KINDS = ("auto", "torch", "numpy", "onnx", "litert")
 
 
 @dataclass(frozen=True)
@@ -27,16 +28,16 @@ def _torch_available() -> bool:
 
 
 def load_encoder(kind: str = "auto", encoder_dir: str | Path | None = None, threads: int = 1) -> Encoder:
-    """'auto' = the exported encoder when `encoder_dir` is given, else torch when installed."""
+    """'auto' = the exported encoder when `encoder_dir` is given, else torch when installed, else the packaged
+    numpy encoder (a device install: same d-vectors, cosine >= 0.9999 to torch)."""
     if kind not in KINDS:
         raise EdgePseError(f"unknown encoder {kind!r}; choose from {', '.join(KINDS)}")
     if kind == "auto":
-        kind = "runtime" if encoder_dir is not None else "torch" if _torch_available() else ""
-        if not kind:
-            raise EdgePseError(
-                "no speaker encoder: without torch, pass --encoder-dir DIR holding an exported encoder "
-                "(speaker_encoder.json, e.g. from a model bundle)"
-            )
+        kind = "runtime" if encoder_dir is not None else "torch" if _torch_available() else "numpy"
+    if kind == "numpy" and encoder_dir is None:
+        from edge_pse.enroll.runtime_encoder import PACKAGED
+
+        encoder_dir = PACKAGED
     if kind == "torch":
         if not _torch_available():
             raise EdgePseError("the torch encoder needs torch and resemblyzer: pip install 'edge-pse[train]'")

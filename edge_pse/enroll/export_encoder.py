@@ -5,7 +5,7 @@ frames) -> export ONNX -> (optionally) convert to LiteRT -> write the front-end 
 librosa's slaney mel filterbank) -> check against torch -> write speaker_encoder.json with sha256 of each file.
 The weights are resemblyzer's (Apache-2.0, Copyright Resemble AI); see docs/profile.md.
 
-    python -m edge_pse.enroll.export_encoder --output DIR [--litert]
+    python -m edge_pse.enroll.export_encoder --output DIR [--litert] [--no-onnx]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ META_NAME = "speaker_encoder.json"
 ONNX_NAME = "speaker_encoder.onnx"
 TFLITE_NAME = "speaker_encoder.tflite"
 FRONTEND_NAME = "speaker_encoder_frontend.npz"
+NUMPY_NAME = "speaker_encoder_weights.npz"  # the numpy backend's weights (float16: 2.8 MB, cosine > 0.9999)
 INPUT_NAME = "mels"
 OUTPUT_NAME = "embeddings"
 
@@ -89,6 +90,17 @@ def export_onnx(net, path: Path) -> None:
         )
 
 
+def export_numpy(net, path: Path) -> None:
+    """The network's weights for the numpy backend, float16 (half the size; the check below bounds the cost)."""
+    sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    out = {"linear_weight": sd["linear.weight"], "linear_bias": sd["linear.bias"]}
+    for k in range(net.lstm.num_layers):
+        out[f"weight_ih_l{k}"] = sd[f"lstm.weight_ih_l{k}"]
+        out[f"weight_hh_l{k}"] = sd[f"lstm.weight_hh_l{k}"]
+        out[f"bias_l{k}"] = sd[f"lstm.bias_ih_l{k}"] + sd[f"lstm.bias_hh_l{k}"]
+    np.savez(path, **{k: v.astype(np.float16) for k, v in out.items()})
+
+
 def export_litert(net, path: Path) -> None:
     import litert_torch
     import torch
@@ -97,8 +109,9 @@ def export_litert(net, path: Path) -> None:
     litert_torch.convert(net, (example,)).export(str(path))
 
 
-def export(output: Path, litert: bool = False) -> dict:
-    """Write the encoder files into `output` (created if needed) and return the metadata written."""
+def export(output: Path, litert: bool = False, onnx: bool = True) -> dict:
+    """Write the encoder files into `output` (created if needed) and return the metadata written: always the
+    numpy weights, the ONNX model unless `onnx` is False, the LiteRT model with `litert`."""
     import torch
 
     output.mkdir(parents=True, exist_ok=True)
@@ -108,8 +121,11 @@ def export(output: Path, litert: bool = False) -> dict:
         tmp = Path(tmp)
         window, basis = frontend_tables()
         np.savez(tmp / FRONTEND_NAME, window=window, mel_basis=basis)
-        export_onnx(net, tmp / ONNX_NAME)
-        files["onnx"] = {"path": ONNX_NAME}
+        export_numpy(net, tmp / NUMPY_NAME)
+        files["numpy"] = {"path": NUMPY_NAME, "dtype": "float16"}
+        if onnx:
+            export_onnx(net, tmp / ONNX_NAME)
+            files["onnx"] = {"path": ONNX_NAME}
         if litert:
             export_litert(net, tmp / TFLITE_NAME)
             files["litert"] = {"path": TFLITE_NAME, "batch": 1}
@@ -160,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", type=Path, required=True, help="directory for the encoder files")
     p.add_argument("--litert", action="store_true", help="also convert to LiteRT (.tflite) with litert-torch")
+    p.add_argument("--no-onnx", action="store_true", help="only the numpy weights (what the package ships)")
     args = p.parse_args(argv)
-    meta = export(args.output, litert=args.litert)
+    meta = export(args.output, litert=args.litert, onnx=not args.no_onnx)
     for info in meta["models"].values():
         path = args.output / info["path"]
         print(f"{path}  {path.stat().st_size / 2**20:.2f} MiB  sha256 {info['sha256'][:12]}")

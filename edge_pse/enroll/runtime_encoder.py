@@ -1,8 +1,12 @@
-"""Torch-free d-vector encoder: the exported resemblyzer network run by ONNX Runtime or LiteRT.
+"""Torch-free d-vector encoder: the exported resemblyzer network run by numpy, ONNX Runtime or LiteRT.
 
 Reads a directory written by export_encoder (speaker_encoder.json + model + front-end tables), checks every
 file's sha256, and embeds audio with the same preprocessing, mel front-end and partial pooling as the torch
-path (dvector.embed), so profiles made on a Pi and on a host are interchangeable (cosine >= 0.99).
+path (dvector.embed), so profiles made on a Pi and on a host are interchangeable (cosine >= 0.9999).
+
+The `numpy` backend runs the network (a 3-layer LSTM, a Linear, ReLU, L2 norm) from its weights with numpy
+alone: the package ships those weights (`edge_pse/enroll/encoder/`), so enrollment on a device install needs
+no runtime, no torch and no export step.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from edge_pse.errors import EdgePseError
 
 SCHEMA = 1
 META_NAME = "speaker_encoder.json"
-BACKENDS = ("onnx", "litert")
+BACKENDS = ("onnx", "litert", "numpy")  # auto takes the first one a directory has and this install runs
+PACKAGED = Path(__file__).resolve().parent / "encoder"  # resemblyzer's weights for the numpy backend (Apache-2.0)
 
 
 def _verified(root: Path, entry: dict) -> Path:
@@ -73,7 +78,8 @@ class RuntimeEncoder:
             self.window = tables["window"].astype(np.float32)
             self.mel_basis = tables["mel_basis"].astype(np.float32)
         model_path = _verified(self.root, self.meta["models"][backend])
-        self._run = _onnx_runner(model_path, threads) if backend == "onnx" else _litert_runner(model_path, threads)
+        runner = {"numpy": _numpy_runner, "onnx": _onnx_runner, "litert": _litert_runner}[backend]
+        self._run = runner(model_path, threads)
 
     @staticmethod
     def backends_in(root: str | Path) -> list[str]:
@@ -95,8 +101,49 @@ class RuntimeEncoder:
 def _importable(backend: str) -> bool:
     import importlib.util
 
+    if backend == "numpy":
+        return True
     module = "onnxruntime" if backend == "onnx" else "ai_edge_litert"
     return importlib.util.find_spec(module) is not None
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow warnings
+
+
+def _numpy_runner(path: Path, threads: int):
+    """resemblyzer's network in numpy: LSTM layers (PyTorch's gate order i, f, g, o), the last hidden state of
+    the top layer, Linear, ReLU, L2 norm. Weights are stored as float16 and computed in float32."""
+    with np.load(path, allow_pickle=False) as z:
+        w = {k: z[k].astype(np.float32) for k in z.files}
+    layers = sorted({int(k.rsplit("_l", 1)[1]) for k in w if k.startswith("weight_ih_l")})
+    params = [(w[f"weight_ih_l{k}"].T.copy(), w[f"weight_hh_l{k}"].T.copy(), w[f"bias_l{k}"]) for k in layers]
+    lin_w, lin_b = w["linear_weight"].T.copy(), w["linear_bias"]
+
+    def run(mels: np.ndarray) -> np.ndarray:
+        x = mels.astype(np.float32)  # [partials, frames, features]
+        for w_ih, w_hh, b in params:
+            hidden = w_hh.shape[0]
+            gates_x = x @ w_ih + b  # every frame's input part at once
+            h = np.zeros((x.shape[0], hidden), np.float32)
+            c = np.zeros_like(h)
+            out = np.empty((x.shape[0], x.shape[1], hidden), np.float32)
+            for t in range(x.shape[1]):
+                g = gates_x[:, t] + h @ w_hh
+                i, f, u, o = (
+                    _sigmoid(g[:, :hidden]),
+                    _sigmoid(g[:, hidden : 2 * hidden]),
+                    g[:, 2 * hidden : 3 * hidden],
+                    g[:, 3 * hidden :],
+                )
+                c = f * c + i * np.tanh(u)
+                h = _sigmoid(o) * np.tanh(c)
+                out[:, t] = h
+            x = out
+        raw = np.maximum(x[:, -1] @ lin_w + lin_b, 0.0)
+        return raw / np.sqrt(np.sum(raw * raw, axis=1, keepdims=True) + 1e-12)
+
+    return run
 
 
 def _onnx_runner(path: Path, threads: int):
