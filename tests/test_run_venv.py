@@ -1,9 +1,12 @@
-"""The on-device install, for real: a fresh venv with only `pip install .[litert]` (no torch in it) runs a
-LiteRT bundle end to end. Slow (downloads the runtime wheels); CI runs it with `pytest -m slow`."""
+"""The on-device install, for real, as the README tells a Pi user: build a wheel from the checkout, install
+`edge_pse-*.whl[litert]` into a fresh venv (no torch in it), enroll with the packaged encoder and run a LiteRT
+bundle end to end. Slow (downloads the runtime wheels); CI runs it with `pytest -m slow`."""
 
 from __future__ import annotations
 
+import glob
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ from edge_pse import demo
 from tests.test_run_bundle import make_speaker
 
 REPO = Path(__file__).resolve().parent.parent
+PYENV = Path.home() / ".pyenv" / "versions"
 
 
 def _litert_bundle(tmp: Path) -> Path:
@@ -36,20 +40,61 @@ def _litert_bundle(tmp: Path) -> Path:
     return out
 
 
+def _python(version: str) -> str | None:
+    """An interpreter of that version on this machine (this one, python3.X on PATH, or pyenv's), else None."""
+    if version == f"{sys.version_info.major}.{sys.version_info.minor}":
+        return sys.executable
+    candidates = [shutil.which(f"python{version}"), *sorted(glob.glob(str(PYENV / f"{version}*" / "bin" / "python")))]
+    for exe in filter(None, candidates):
+        ok = subprocess.run([exe, "-c", "import venv"], capture_output=True, check=False)  # pyenv shims may refuse
+        if ok.returncode == 0:
+            return exe
+    return None
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel a user builds on a host to copy to a Pi (`pip wheel --no-deps -w dist .`)."""
+    dist = tmp_path_factory.mktemp("dist")
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    (whl,) = dist.glob("edge_pse-*.whl")
+    return whl
+
+
 @pytest.mark.slow
-def test_runtime_extra_runs_a_litert_bundle_without_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])  # Pi OS Bookworm ships 3.11, Trixie 3.13
+def test_runtime_extra_runs_a_litert_bundle_without_torch(wheel: Path, version: str, tmp_path: Path) -> None:
+    python = _python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine")
+    whl = wheel
     bundle = _litert_bundle(tmp_path)
     speaker = make_speaker(tmp_path / "me.spk")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
     pip = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"{REPO}[litert]"],
+        [str(venv / "bin" / "pip"), "install", "-q", f"{whl}[litert]"],
         capture_output=True,
         text=True,
         timeout=1800,
         check=False,
     )
     assert pip.returncode == 0, pip.stderr[-3000:]
+    # enrollment on the device install: the packaged encoder, the host's profile
+    from edge_pse.enroll.profile import load_profile
+
+    enrolled = subprocess.run(
+        [str(venv / "bin" / "edge-pse"), "enroll", "--audio", str(demo.path(demo.ENROLLMENT)), "--output",
+         str(tmp_path / "enrolled.spk")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    profile, host = load_profile(tmp_path / "enrolled.spk"), load_profile(demo.path(demo.SPEAKER))
+    assert profile.encoder_backend == "numpy" and float(profile.embedding @ host.embedding) >= 0.999
     no_torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, check=False)
     assert no_torch.returncode != 0  # the runtime install really has no torch
     out, stats = tmp_path / "clean.wav", tmp_path / "stats.json"
