@@ -317,3 +317,15 @@ def test_batches_made_by_worker_processes_are_the_batches_made_inline(datasets, 
         assert torch.equal(mix, m) and torch.equal(ref, r) and torch.equal(emb, e) and keys == k
     with pytest.raises(EdgePseError, match="--workers"):
         make_trainer(datasets, tmp_path / "c", steps=2, workers=-1)
+
+
+def test_learning_curves_are_drawn_from_a_runs_log(datasets, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from edge_pse.train.curves import main, read_log
+
+    run = tmp_path / "run"
+    make_trainer(datasets, run, steps=4, val_every=2, val_pairs=4).fit(show_progress=False)
+    recs = read_log(run)
+    assert [r["step"] for r in recs] == [2, 4] and all("val_gap_db" in r for r in recs)
+    assert main([str(run), "--output", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
