@@ -21,35 +21,50 @@ import pytest
 import soundfile as sf
 
 from edge_pse import demo
+from tests.test_run_venv import wheel  # noqa: F401  (the fixture: the wheel a user builds on the host)
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = Path(os.environ.get("EDGE_PSE_ARM64_ROOT", REPO.parent / "cache" / "arm64root"))
+TRIXIE = Path(os.environ.get("EDGE_PSE_ARM64_TRIXIE_ROOT", REPO.parent / "cache" / "arm64root-trixie"))
 SHIPPED = REPO / "edge_pse" / "bundles" / "tiny-int8"
 TOKEN = "emulated-pi-token-7f3a9c2e5b"
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def rootfs() -> Path:
-    if (ROOT / ".edge-pse-rootfs-ok").is_file():
-        return ROOT
+def _rootfs(root: Path, suite: str) -> Path:
+    """The emulated root of a Debian suite, built by make_rootfs.sh when absent (cached outside the repo)."""
+    if (root / ".edge-pse-rootfs-ok").is_file():
+        return root
     missing = [t for t in ("qemu-aarch64-static", "debootstrap") if shutil.which(t) is None]
     if missing or os.geteuid() != 0:
         pytest.skip(
-            f"no emulated aarch64 root at {ROOT} and cannot build one here "
+            f"no emulated aarch64 root at {root} and cannot build one here "
             f"({'missing ' + ', '.join(missing) if missing else 'needs root'}): "
-            "apt-get install qemu-user-static debootstrap, then firmware_host/emulation/make_rootfs.sh ROOT"
+            "apt-get install qemu-user-static debootstrap, then "
+            f"SUITE={suite} firmware_host/emulation/make_rootfs.sh ROOT"
         )
     script = REPO / "firmware_host" / "emulation" / "make_rootfs.sh"
-    wrapper = ROOT.parent / "pip-for-rootfs"
-    ROOT.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = root.parent / "pip-for-rootfs"
+    root.parent.mkdir(parents=True, exist_ok=True)
     wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m pip "$@"\n')
     wrapper.chmod(0o755)  # this interpreter's pip downloads the aarch64 wheels
-    env = {**os.environ, "PIP": str(wrapper)}
-    res = subprocess.run([str(script), str(ROOT)], capture_output=True, text=True, env=env, timeout=1800, check=False)
+    env = {**os.environ, "PIP": str(wrapper), "SUITE": suite}
+    res = subprocess.run([str(script), str(root)], capture_output=True, text=True, env=env, timeout=1800, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    return ROOT
+    return root
+
+
+@pytest.fixture(scope="module")
+def rootfs() -> Path:
+    """Debian bookworm, python3.11 (Raspberry Pi OS Bookworm)."""
+    return _rootfs(ROOT, "bookworm")
+
+
+@pytest.fixture(scope="module")
+def trixie_root() -> Path:
+    """Debian trixie, python3.13 (Raspberry Pi OS Trixie, the current one)."""
+    return _rootfs(TRIXIE, "trixie")
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +165,43 @@ def test_emulated_aarch64_agent_matches_x86(emulated_agent: str, int8_bundle: Pa
         # the SAME int8 file on two CPUs: only kernel-level rounding may differ, far below the int8-vs-float
         # tolerance (an ARM numeric bug at 16 dB must fail); measured here: see the printed SNR
         assert snr >= SAME_FILE_MIN_SNR_DB
+
+
+def test_pi_os_trixie_python313_installs_the_wheel_enrolls_and_runs(trixie_root: Path, wheel: Path, tmp_path) -> None:  # noqa: F811
+    """What a user of today's Pi OS does: the wheel built on the host installed for python3.13 (aarch64 wheels
+    of its dependencies, webrtcvad's binary build), then a torch-free enroll and a run of the shipped bundle,
+    under qemu-user. The profile must equal the host's and the audio the x86 run's of the same file."""
+    from edge_pse.enroll.profile import load_profile
+
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)]
+    pip = subprocess.run(install, capture_output=True, text=True, timeout=600, check=False)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    env = {**os.environ, "QEMU_CPU": "cortex-a72", "PYTHONPATH": f"{site}:{trixie_root / 'opt' / 'wheels'}",
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    py = ["qemu-aarch64-static", "-L", str(trixie_root), str(trixie_root / "usr/bin/python3.13")]
+
+    def emulated(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*py, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+                              check=False)  # fmt: skip
+
+    probe = "import edge_pse, platform; print(platform.machine(), platform.python_version(), edge_pse.__file__)"
+    where = emulated("-c", probe)
+    assert where.returncode == 0 and where.stdout.startswith("aarch64 3.13") and str(site) in where.stdout, where
+    assert emulated("-c", "import torch").returncode != 0  # a device install: no torch
+    res = emulated("-m", "edge_pse", "enroll", "--audio", str(demo.path(demo.ENROLLMENT)), "--output", "me.spk")
+    assert res.returncode == 0, res.stderr[-2000:]
+    mine, host = load_profile(tmp_path / "me.spk"), load_profile(demo.path(demo.SPEAKER))
+    assert float(mine.embedding @ host.embedding) >= 0.999
+    res = emulated("-m", "edge_pse", "run", "--speaker", "me.spk", "--output", "arm.wav", "--quiet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    here = [sys.executable, "-m", "edge_pse", "run", "--speaker", "me.spk", "--output", "x86.wav", "--quiet"]
+    x86 = subprocess.run(here, capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
+    assert x86.returncode == 0, x86.stderr[-2000:]
+    arm = sf.read(tmp_path / "arm.wav", dtype="int16")[0].astype(np.float64)
+    ref = sf.read(tmp_path / "x86.wav", dtype="int16")[0].astype(np.float64)
+    err = np.sum((arm - ref) ** 2)
+    snr = 10 * np.log10(np.sum(ref**2) / err) if err else float("inf")
+    print(f"\ntrixie python3.13 aarch64 vs x86: profile cosine {float(mine.embedding @ host.embedding):.7f}, "
+          f"output SNR {snr:.1f} dB")  # fmt: skip
+    assert arm.shape == ref.shape and snr >= SAME_FILE_MIN_SNR_DB
