@@ -82,6 +82,11 @@ def check_format(tiny, calib, tmp_path, fmt: str) -> None:
     assert entry.bytes < 1.3 * model_stats("tiny", tiny.cfg).int8_bytes
     acc = bundle.manifest["accuracy"][entry.path]
     assert acc["passed"] and acc["snr_db"] >= bundle.tolerance["int8_min_snr_db"]
+    # the costs the device's cost model reads: counted from the exported step, equal to the config's arithmetic
+    from edge_pse.model.costs import config_costs
+
+    counted, arithmetic = bundle.manifest["costs"], config_costs(tiny.cfg.to_dict())
+    assert counted["macs_per_hop"] == arithmetic["macs_per_hop"] and counted["int8_bytes"] == arithmetic["int8_bytes"]
     assert stream_snr(bundle, tiny, fmt, calib.heldout[0]) >= bundle.tolerance["int8_min_snr_db"]
 
 

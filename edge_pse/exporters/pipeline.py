@@ -218,6 +218,7 @@ def manifest(
                 "heldout": calib.describe(),
             },
             "tolerance": opts.tolerance.to_dict(),
+            "costs": step_costs(step),
             "source": {
                 "checkpoint": _shown_path(source),
                 # lets a test check that a committed bundle was made from the committed checkpoint
@@ -227,6 +228,20 @@ def manifest(
             },
         }
     )  # the digest covers every number beside the files' sha256 (an edited int8 scale is refused at load)
+
+
+def step_costs(step: E3NetStep) -> dict:
+    """What one call of the exported step costs, counted from its modules (the device's cost model and the
+    agent read these instead of recomputing them from the config)."""
+    from edge_pse.model.stats import count_macs_per_hop, int8_weight_bytes
+
+    params = sum(p.numel() for p in step.parameters())
+    return {
+        "params": params,
+        "macs_per_hop": count_macs_per_hop(step),
+        "fp32_bytes": 4 * params,
+        "int8_bytes": int8_weight_bytes(step),
+    }
 
 
 def _shown_path(source: str) -> str:
