@@ -1,6 +1,6 @@
 """On-the-fly PSE training examples: (mixture, clean target, enrollment of the same speaker, metadata).
 
-Conditions (DESIGN.md): `noise` (target + noise), `interferer` (target + another talker), `both`, `absent`
+Conditions: `noise` (target + noise), `interferer` (target + another talker), `both`, `absent`
 (no target: the model should output silence) and `reverberant` (target in a measured or simulated room, plus
 noise and sometimes a talker). Example i of a split is a pure function of (seed, i): the same seed gives the
 same data on any machine and after a resume.

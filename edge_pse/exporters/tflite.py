@@ -1,7 +1,7 @@
 """LiteRT .tflite through litert-torch: fp32 straight from the step, int8 from its own PT2E quantizer.
 
 litert-torch's int8 model keeps mixed I/O (some states int8, some float; a state's input and output scale can
-differ, TOOLCHAIN.md), so the file's real I/O is read back from the interpreter into the manifest.
+differ, docs/toolchain.md), so the file's real I/O is read back from the interpreter into the manifest.
 """
 
 from __future__ import annotations

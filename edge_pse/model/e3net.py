@@ -17,7 +17,7 @@ class PReLU(nn.Module):
     """Per-channel PReLU over the last dim, written as relu(y) - a * relu(-y).
 
     nn.PReLU wants channels in dim 1, and after a Linear it breaks ExecuTorch's XNNPACK lowering; the two-relu
-    form is the same function and quantizes and delegates on every backend (TOOLCHAIN.md).
+    form is the same function and quantizes and delegates on every backend (docs/toolchain.md).
     """
 
     def __init__(self, channels: int, init: float = 0.25) -> None:

@@ -1,7 +1,7 @@
 """The streaming step: one 10 ms hop in, one hop out, explicit state. The contract between training,
-export and the device runtime (DESIGN.md).
+export and the device runtime (docs/architecture.md).
 
-It carries the offline model's weights in an export-friendly form (TOOLCHAIN.md): the Conv1d encoder and
+It carries the offline model's weights in an export-friendly form (docs/toolchain.md): the Conv1d encoder and
 ConvTranspose1d decoder become Linear layers on the two halves of the window (no concat or slicing in the
 graph), the LSTM is a hand-written cell of Linear gates (nn.LSTM stays float through PT2E), and PReLU is
 written as relu(y) - a * relu(-y) (nn.PReLU after a Linear breaks ExecuTorch's XNNPACK lowering).

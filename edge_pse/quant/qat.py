@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning of the streaming step through PT2E, distilled from the float step.
 
-Batched (TOOLCHAIN.md: batch-1 QAT gave 5-12 dB): the step is exported with a dynamic batch and each optimizer
+Batched (docs/toolchain.md: batch-1 QAT gave 5-12 dB): the step is exported with a dynamic batch and each optimizer
 step runs many sequences at once. Each sequence starts from the state the float step reaches after a warm-up
 stretch of the same clip (so the fake-quantized step learns on realistic states, not only from zero), then
 runs `seq_hops` hops with its own state; the loss is the negative SNR of its output vs the float step's.

@@ -1,7 +1,7 @@
 """ExecuTorch (.pte, XNNPACK delegate). Its Python runtime imports torch.
 
 The threadpool size is set once, before the first method is loaded: resetting it afterwards segfaults
-(TOOLCHAIN.md), so a second backend in the same process with another thread count is refused.
+(docs/toolchain.md), so a second backend in the same process with another thread count is refused.
 """
 
 from __future__ import annotations
