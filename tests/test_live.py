@@ -48,9 +48,16 @@ def jack_server(request):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("jack_server", "seconds"), [(16000, 10), (48000, 5)], indirect=["jack_server"])
-def test_mic_to_speaker_loses_no_hop(jack_server, seconds: int, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: F811
-    """16 kHz: the device runs at the model's rate. 48 kHz: the streaming resamplers run on both sides."""
+@pytest.mark.parametrize(
+    ("jack_server", "seconds", "api"),
+    [(16000, 10, "sounddevice"), (48000, 5, "sounddevice"), (16000, 10, "pyaudio"), (48000, 5, "pyaudio")],
+    indirect=["jack_server"],
+)
+def test_mic_to_speaker_loses_no_hop(jack_server, seconds: int, api: str, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """16 kHz: the device runs at the model's rate. 48 kHz: the streaming resamplers run on both sides. The
+    same rings and stats through either PortAudio binding (sounddevice, PyAudio)."""
+    if api == "pyaudio":
+        pytest.importorskip("pyaudio")
     env, rate = jack_server
     speaker = make_speaker(tmp_path / "me.spk")
     stats_path = tmp_path / "live.json"
@@ -62,7 +69,7 @@ def test_mic_to_speaker_loses_no_hop(jack_server, seconds: int, bundle_dir: Path
     assert jack and jack[0]["default_rate"] == rate, devices.stdout
     args = ["run", "--model", bundle_dir, "--speaker", speaker, "--input", f"mic:{jack[0]['index']}"]
     args += ["--output", f"speaker:{jack[0]['index']}", "--duration", str(seconds), "--stats", stats_path]
-    args += ["--device", "rpi4"]
+    args += ["--device", "rpi4", "--audio-api", api]
     res = subprocess.run(
         [sys.executable, "-c", NO_TORCH, *map(str, args)],
         capture_output=True,
@@ -76,7 +83,7 @@ def test_mic_to_speaker_loses_no_hop(jack_server, seconds: int, bundle_dir: Path
     shown += ("output_underrun_hops", "portaudio_xruns", "portaudio_xrun_callbacks", "output_underrun_at")
     shown += ("realtime_scheduling",)
     print({k: stats[k] for k in shown})
-    assert stats["mode"] == "live" and stats["device_rate"] == rate
+    assert stats["mode"] == "live" and stats["device_rate"] == rate and stats["audio_api"] == api
     assert stats["hops"] == seconds * 100  # 10 ms hops
     assert stats["wall_s"] >= seconds - 0.5  # the dummy driver paces in real time
     # our side: nothing dropped from the rings, nothing played that the loop had not produced

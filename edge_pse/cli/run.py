@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", type=Path, default=None, metavar="JSON", help="write the run's stats as JSON")
     p.add_argument("--duration", type=float, default=None, help="live: stop after this many seconds (default: Ctrl-C)")
     p.add_argument("--rate", type=int, default=None, help="live: device sample rate (default: 16000 if possible)")
+    p.add_argument(
+        "--audio-api",
+        choices=("auto", "sounddevice", "pyaudio"),
+        default="auto",
+        help="live: the PortAudio binding (auto: sounddevice when installed, else PyAudio)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or live display")
     p.add_argument("--target", default=None, metavar="HOST:PORT", help="run on a device agent (files stay here)")
     p.add_argument("--token-file", default=None, help="shared agent token file (default: $EDGE_PSE_TOKEN)")
@@ -205,6 +211,7 @@ def _run_live(session, args, mic, spk) -> dict:
             input_device=mic,
             output_device=spk,
             device_rate=args.rate,
+            audio_api=args.audio_api,
         )
 
 

@@ -1,4 +1,5 @@
-"""Live audio: microphone -> runner -> speaker through one PortAudio duplex stream (sounddevice).
+"""Live audio: microphone -> runner -> speaker through one PortAudio duplex stream (sounddevice or PyAudio,
+audio_api.py).
 
 The audio callback only copies: captured samples into the input ring, ring samples out to the device.
 The runner thread waits for whole hops, runs the model and fills the output ring. Nothing is lost while
@@ -76,7 +77,7 @@ def _prime(rs: StreamResampler, block: int, steady: int) -> None:
 
 
 class LiveDuplex:
-    """A HopSource and HopSink over a sounddevice duplex stream; use as a context manager."""
+    """A HopSource and HopSink over a PortAudio duplex stream (sounddevice or PyAudio); a context manager."""
 
     def __init__(
         self,
@@ -89,10 +90,11 @@ class LiveDuplex:
         input_device: int | str | None = None,
         output_device: int | str | None = None,
         device_rate: int | None = None,
+        audio_api: str = "auto",
     ) -> None:
-        from edge_pse.runtime.devices import import_sounddevice
+        from edge_pse.runtime.audio_api import open_api
 
-        self.sd = import_sounddevice()
+        self.api = open_api(audio_api)
         self.hop = hop
         self.sample_rate = sample_rate
         self.device = (input_device, output_device)
@@ -121,38 +123,25 @@ class LiveDuplex:
 
     def _pick_rate(self, rate: int) -> int:
         """The model's rate if both devices take it, else the input device's default rate."""
-        try:
-            self.sd.check_input_settings(device=self.device[0], samplerate=rate, channels=1, dtype="int16")
-            self.sd.check_output_settings(device=self.device[1], samplerate=rate, channels=1, dtype="int16")
+        if self.api.supports(self.device[0], rate, 1, False) and self.api.supports(self.device[1], rate, 1, True):
             return rate
-        except Exception:
-            try:
-                return int(self.sd.query_devices(self.device[0], "input")["default_samplerate"])
-            except Exception as e:
-                raise EdgePseError(f"no usable audio input device ({e}); see `edge-pse devices`") from None
+        try:
+            return self.api.default_rate(self.device[0])
+        except Exception as e:
+            raise EdgePseError(f"no usable audio input device ({e}); see `edge-pse devices`") from None
 
     def _pick_channels(self) -> tuple[int, int]:
         """Mono where the device allows it; stereo-only devices (HDMI, many USB codecs) get 2 channels:
-        the input is down-mixed, the output duplicated."""
-        picked = []
-        for check, dev in (
-            (self.sd.check_input_settings, self.device[0]),
-            (self.sd.check_output_settings, self.device[1]),
-        ):
-            for ch in (1, 2):
-                try:
-                    check(device=dev, samplerate=self.device_rate, channels=ch, dtype="int16")
-                    picked.append(ch)
-                    break
-                except Exception:  # PortAudio reports unsupported channel counts in several ways
-                    continue
-            else:
-                picked.append(1)  # let opening the stream fail with PortAudio's own message
-        return picked[0], picked[1]
+        the input is down-mixed, the output duplicated. (1 when neither works: opening then fails with
+        PortAudio's own message.)"""
+        return tuple(  # type: ignore[return-value]
+            next((ch for ch in (1, 2) if self.api.supports(dev, self.device_rate, ch, out)), 1)
+            for dev, out in ((self.device[0], False), (self.device[1], True))
+        )
 
-    def _callback(self, indata, outdata, frames, _time, status) -> None:
+    def _callback(self, indata: np.ndarray, outdata: np.ndarray, xrun: bool) -> None:
         try:
-            if status.input_overflow or status.output_underflow:
+            if xrun:
                 self.status_events += 1
                 if len(self.xrun_callbacks) < 8:
                     self.xrun_callbacks.append(self.callbacks)
@@ -167,22 +156,10 @@ class LiveDuplex:
             self._ready.set()
         except BaseException as e:  # an exception must not die silently in PortAudio's thread
             self._error = e
-            raise self.sd.CallbackAbort from e
+            raise
 
     def __enter__(self) -> LiveDuplex:
-        try:
-            self._stream = self.sd.Stream(
-                samplerate=self.device_rate,
-                blocksize=0,  # the host's own period (JACK: -p; ALSA: its period size)
-                device=self.device,
-                channels=self.channels,
-                dtype="int16",
-                latency="low",
-                callback=self._callback,
-            )
-            self._stream.start()
-        except self.sd.PortAudioError as e:
-            raise EdgePseError(f"cannot open the audio devices {self.device}: {e}; see `edge-pse devices`") from None
+        self._stream = self.api.open(self.device, self.device_rate, self.channels, self._callback)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -290,6 +267,7 @@ def run_live(backend, profile, *, hop: int, sample_rate: int, duration_s: float 
             "sample_rate": sample_rate,
             "device_rate": live.device_rate,
             "device_channels": list(live.channels),
+            "audio_api": live.api.name,
             "hop": hop,
             "hop_us": hop_ns / 1e3,
             "audio_s": round(stats.hops * hop / sample_rate, 3),
