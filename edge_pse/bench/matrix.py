@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 from rich.markup import escape
@@ -16,7 +17,7 @@ from rich.markup import escape
 from edge_pse.bench.plugins import is_plugin_spec, load_factory
 from edge_pse.errors import EdgePseError
 
-REPO = Path(__file__).resolve().parents[2]
+SHIPPED_BUNDLES = Path(str(resources.files("edge_pse.bundles")))  # inside the installed package
 BUNDLE_BACKENDS = ("litert", "executorch", "onnx")  # default; "torch" (the float reference) on request
 CELL_TIMEOUT_S = 600
 
@@ -59,9 +60,9 @@ class Cell:
 
 
 def default_models() -> list[str]:
-    """Bundles found in edge_pse/bundles/ (shipped) and artifacts/ (made by `edge-pse export`)."""
+    """Bundles shipped in the package and in ./artifacts/ (made by `edge-pse export` from this folder)."""
     found: list[str] = []
-    for root in (REPO / "edge_pse" / "bundles", Path("artifacts"), REPO / "artifacts"):
+    for root in (SHIPPED_BUNDLES, Path("artifacts")):
         for m in sorted(root.glob("*/manifest.json")):
             p = str(m.parent.resolve())
             if p not in found:

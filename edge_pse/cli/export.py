@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             )
     if not args.calibration.is_dir():
         raise EdgePseError(f"calibration directory {args.calibration} not found")
-    out = args.output or REPO_ROOT / "artifacts" / f"{name}-{args.mode}"
+    out = args.output or Path("artifacts") / f"{name}-{args.mode}"  # beside where the user runs it
     if out.exists() and not (out / "manifest.json").is_file():
         raise EdgePseError(f"output {out} exists and is not a bundle; refusing to replace it")
     from edge_pse.runtime.audio_io import check_writable
