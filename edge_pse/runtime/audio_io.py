@@ -318,13 +318,3 @@ def land_together(commit_audio, stats_path: str | os.PathLike | None, text: str)
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (temporary file, then os.replace)."""
     atomic.write_text(check_parent(path), text)
-
-
-def write_clip(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int) -> None:
-    """Write int16 mono atomically: a temporary file in the same folder, then os.replace."""
-    import soundfile as sf
-
-    path = check_output_path(path)
-    fmt, subtype = WRITE_FORMATS[path.suffix.lower()]
-    with atomic.atomic_path(path) as tmp:
-        sf.write(tmp, pcm, sample_rate, format=fmt, subtype=subtype)

@@ -145,8 +145,8 @@ class BlockSource:
 
 
 class BlockSink:
-    """Output hops handed on in int16 blocks, the first `delay` samples dropped (the model's one-hop lag), at
-    most `length()` samples in all (the input's length, known once the source is exhausted)."""
+    """Output hops handed on in int16 blocks, the first `delay` samples dropped (the model's one-hop lag); the
+    last `flush(limit=...)` trims the total to the input's length, known once the source is exhausted."""
 
     def __init__(self, write: Callable[[np.ndarray], None], hop: int, delay: int, block_hops: int = 100) -> None:
         self.hop = hop
