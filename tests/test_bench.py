@@ -109,7 +109,7 @@ def test_bench_writes_a_valid_report_json_md_html(fp32_bundle, tmp_path) -> None
     bundle, _ = fp32_bundle
     out = tmp_path / "report"
     plugin = "edge_pse.bench.plugins:passthrough"
-    opts = "--device rpi --backends onnx --threads 1,2 --hops 60 --warmup 5".split()
+    opts = "--device rpi --backends onnx --threads 1,2 --hops 60 --warmup 5 --peers none".split()
     res = bench("--models", str(bundle), plugin, *opts, "--output", str(out))
     assert res.returncode == 0, res.stderr
     rep = load_report(out / "report.json")
@@ -201,7 +201,8 @@ def test_every_runtime_runs_the_shipped_int8_bundle_as_a_cell(tmp_path) -> None:
     bundle = REPO / "edge_pse" / "bundles" / "tiny-int8"
     if not (bundle / "manifest.json").is_file():
         pytest.skip("the shipped tiny int8 bundle is not in this checkout")
-    res = bench("--models", str(bundle), "--hops", "200", "--warmup", "20", "--output", str(tmp_path / "r"))
+    opts = ["--hops", "200", "--warmup", "20", "--peers", "none"]
+    res = bench("--models", str(bundle), *opts, "--output", str(tmp_path / "r"))
     assert res.returncode == 0, res.stderr
     rep = load_report(tmp_path / "r" / "report.json")
     files = json.loads((bundle / "manifest.json").read_text())["files"]
@@ -219,7 +220,7 @@ def test_bench_without_matplotlib_keeps_every_measurement(fp32_bundle, tmp_path)
     code = "import sys; sys.modules['matplotlib'] = None\nfrom edge_pse.cli import main; sys.exit(main(sys.argv[1:]))"
     res = subprocess.run(
         [sys.executable, "-c", code, "bench", "--models", str(bundle), "--backends", "onnx", "--threads", "1",
-         "--hops", "40", "--warmup", "5", "--output", str(out)],
+         "--hops", "40", "--warmup", "5", "--peers", "none", "--output", str(out)],
         capture_output=True, text=True, timeout=600, check=False, cwd=REPO,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

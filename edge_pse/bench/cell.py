@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CDF_POINTS = 101  # latency quantiles stored per cell (0, 1, ..., 100 %): enough for a CDF plot
+REFERENCE_HOP_US = 10_000.0  # the hop the device profiles' deadline_ms is for (our bundles': 160 at 16 kHz)
 
 
 @dataclass
@@ -35,8 +36,13 @@ class Streamer:
 
 
 def open_cell(spec: dict) -> Streamer:
-    """Load the cell's model. spec: {"kind": "bundle", "path", "backend", "quantization", "threads"} or
-    {"kind": "plugin", "spec", "threads"}."""
+    """Load the cell's model. spec: {"kind": "bundle", "path", "backend", "quantization", "threads"},
+    {"kind": "plugin", "spec", "threads"} or {"kind": "peer", "name", "dir", "threads"} (bench/peers.py)."""
+    if spec["kind"] == "peer":
+        from edge_pse.bench.peers import open_peer
+
+        p = open_peer(spec["name"], spec["dir"], spec["threads"])
+        return Streamer(p.process, p.reset, p.set_speaker, p.hop, p.sample_rate, p.lag_hops, p.file_bytes)
     if spec["kind"] == "plugin":
         from edge_pse.bench.plugins import open_plugin
 
@@ -74,7 +80,9 @@ def hop_signal(hop: int, hops: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure(spec: dict, hops: int, warmup: int, deadline_us: float) -> dict:
-    """Load the cell and time `hops` hops after `warmup` untimed ones; everything in one JSON-ready dict."""
+    """Load the cell and time `hops` hops after `warmup` untimed ones; everything in one JSON-ready dict.
+    `deadline_us` is the budget of a 10 ms hop: a cell with another hop (a peer, a plug-in) gets it in
+    proportion to its own hop's duration, as its RTF is its latency over its own hop's duration."""
     rss_base = _rss_mib()
     t0 = time.perf_counter()
     cell = open_cell(spec)
@@ -102,6 +110,7 @@ def measure(spec: dict, hops: int, warmup: int, deadline_us: float) -> dict:
     gc.enable()
     us = times / 1e3
     hop_us = cell.hop / cell.sample_rate * 1e6
+    deadline_us = deadline_us * hop_us / REFERENCE_HOP_US
     p50, p90, p99 = np.percentile(us, [50, 90, 99])
     return {
         "hops": hops,
@@ -115,7 +124,7 @@ def measure(spec: dict, hops: int, warmup: int, deadline_us: float) -> dict:
         },
         "latency_cdf_us": [round(float(v), 2) for v in np.percentile(us, np.linspace(0, 100, CDF_POINTS))],
         "rtf": float(f"{float(us.mean()) / hop_us:.4g}"),
-        "deadline_us": deadline_us,
+        "deadline_us": round(deadline_us, 1),
         "deadline_misses": int((us > deadline_us).sum()),
         "cpu_util_pct": round(100.0 * cpu / wall, 1),
         "load_ms": round(load_ms, 2),
@@ -126,6 +135,8 @@ def measure(spec: dict, hops: int, warmup: int, deadline_us: float) -> dict:
         "file_bytes": cell.file_bytes,
         "hop": cell.hop,
         "sample_rate": cell.sample_rate,
+        "hop_ms": round(hop_us / 1e3, 3),
+        "lag_hops": cell.lag_hops,
     }
 
 

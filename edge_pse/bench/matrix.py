@@ -1,5 +1,6 @@
-"""The bench matrix: bundles x backends x threads (plus plug-ins), each cell timed in its own subprocess,
-each distinct model file scored once on the eval set; returns the report dict (schema in report.py)."""
+"""The bench matrix: bundles x backends x threads (plus plug-ins and the peers DTLN/GTCRN), each cell timed in
+its own subprocess, each distinct model file scored once on the eval set; returns the report dict (schema in
+report.py)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,17 @@ from edge_pse.errors import EdgePseError
 SHIPPED_BUNDLES = Path(str(resources.files("edge_pse.bundles")))  # inside the installed package
 BUNDLE_BACKENDS = ("litert", "executorch", "onnx")  # default; "torch" (the float reference) on request
 CELL_TIMEOUT_S = 600
+DEFAULT_PEERS = Path("..") / "shared" / "peers"  # beside the checkout, relative to where the bench runs
 
 
 @dataclass
 class Source:
-    """One --models entry: a bundle folder or a plug-in spec."""
+    """One --models entry (a bundle folder or a plug-in spec) or a peer (bench/peers.py)."""
 
     label: str
-    kind: str  # bundle | plugin
-    path: str = ""  # bundle folder or plug-in spec
-    preset: str = ""
+    kind: str  # bundle | plugin | peer
+    path: str = ""  # bundle folder, plug-in spec or peers folder
+    preset: str = ""  # peer: its name in peers.PEERS
     files: list[tuple[str, str]] = field(default_factory=list)  # (format, quantization) a bundle has
     has_reference: bool = False
 
@@ -50,6 +52,8 @@ class Cell:
     def spec(self) -> dict:
         if self.source.kind == "plugin":
             return {"kind": "plugin", "spec": self.source.path, "threads": self.threads}
+        if self.source.kind == "peer":
+            return {"kind": "peer", "name": self.source.preset, "dir": self.source.path, "threads": self.threads}
         return {
             "kind": "bundle",
             "path": self.source.path,
@@ -96,6 +100,26 @@ def resolve_sources(models: list[str]) -> list[Source]:
     return sources
 
 
+def resolve_peers(arg: str | None) -> tuple[list[Source], list[str]]:
+    """`--peers`: the peer cells that can run from that folder (None: ../shared/peers when it exists; "none":
+    no peers), and one line per peer or folder skipped (a missing folder, file or runtime is not an error)."""
+    from edge_pse.bench.peers import PEERS, unavailable
+
+    if arg is not None and arg.lower() == "none":
+        return [], []
+    root = Path(arg) if arg is not None else DEFAULT_PEERS
+    if not root.is_dir():
+        return [], [f"peers skipped ({', '.join(PEERS)}): no folder {root}"]
+    sources, skipped = [], []
+    for name, info in PEERS.items():
+        why = unavailable(name, root)
+        if why:
+            skipped.append(f"peer {name} skipped: {why}")
+        else:
+            sources.append(Source(name, "peer", str(root.resolve()), name, [(info.fmt, info.quantization)]))
+    return sources, skipped
+
+
 def plan(sources: list[Source], backends: list[str], threads: list[int]) -> list[Cell]:
     from edge_pse.runtime.backends import BACKENDS, FORMAT_BACKEND
 
@@ -103,6 +127,10 @@ def plan(sources: list[Source], backends: list[str], threads: list[int]) -> list
     for s in sources:
         if s.kind == "plugin":
             cells += [Cell(s, "plugin", "-", "-", t) for t in threads]
+            continue
+        if s.kind == "peer":  # whatever --backends says: the peers are the yardstick in every report
+            (fmt, quant), be = s.files[0], FORMAT_BACKEND[s.files[0][0]]
+            cells += [Cell(s, be, quant, fmt, t) for t in threads]
             continue
         for fmt, quant in s.files:
             be = FORMAT_BACKEND[fmt]
@@ -154,7 +182,14 @@ class BenchOptions:
     dnsmos: bool = True
     intrusive: bool = True
     teacher: str | None = None  # checkpoint name/path of the float reference, None: no reference row
+    peers: str | None = None  # the folder the peer cells were read from (recorded in the report's settings)
     progress: bool = True
+
+
+def quality_key(c: Cell) -> tuple[str, str, str]:
+    """One model file: threads do not change the output (peers share their folder: their name tells them apart)."""
+    path = f"{c.source.path}#{c.source.preset}" if c.source.kind == "peer" else c.source.path
+    return path, c.quantization, c.backend
 
 
 def spectrogram_cells(cells: list[Cell], limit: int = 4) -> list[Cell]:
@@ -201,7 +236,7 @@ def _quality(cells: list[Cell], opts: BenchOptions, log) -> tuple[dict | None, d
     shown = spectrogram_cells(cells)
     results: dict[tuple, dict] = {}
     for c in cells:
-        qkey = (c.source.path, c.backend, c.quantization)
+        qkey = quality_key(c)
         if qkey in results:
             continue
         log(f"scoring {c.source.label} {c.quantization} on {c.backend}")
@@ -232,15 +267,25 @@ def _demo_clip(cells: list[Cell]) -> dict:
     clip = {"mixture": mix, "target": target, "outputs": {}}
     done = set()
     for c in cells:
-        if len(done) >= 3 or (c.source.path, c.quantization) in done:
+        if len(done) >= 3 or quality_key(c)[:2] in done:
             continue
-        done.add((c.source.path, c.quantization))
+        done.add(quality_key(c)[:2])
         try:
             out = streamer_enhancer(open_cell({**c.spec(), "threads": 1}))(mix, emb)
         except EdgePseError:
             continue
         clip["outputs"][f"{c.source.label} {c.quantization} {c.backend}"] = out
     return clip
+
+
+def source_name(c: Cell) -> str:
+    if c.source.kind == "plugin":
+        return c.source.path
+    if c.source.kind == "peer":
+        from edge_pse.bench.peers import PEERS
+
+        return ", ".join(PEERS[c.source.preset].files)
+    return Path(c.source.path).name
 
 
 def busy_notes(machine: dict) -> list[str]:
@@ -287,7 +332,7 @@ def run_matrix(
                 "key": c.key,
                 "model": c.source.label,
                 "kind": c.source.kind,
-                "source": c.source.path if c.source.kind == "plugin" else Path(c.source.path).name,
+                "source": source_name(c),
                 "preset": c.source.preset,
                 "format": c.fmt,
                 "quantization": c.quantization,
@@ -307,7 +352,7 @@ def run_matrix(
         clip = _demo_clip([c for c, r in zip(cells, rows, strict=True) if "error" not in r])
     if opts.eval_data:
         for c, row in zip(cells, rows, strict=True):
-            q = quality.get((c.source.path, c.backend, c.quantization), {})
+            q = quality.get(quality_key(c), {})
             row |= q
             if "quality" in q:
                 row["quality_vs_reference"] = versus(q["quality"], reference["quality"] if reference else None)
@@ -322,6 +367,7 @@ def run_matrix(
             "deadline_us": opts.deadline_us,
             "threads": threads,
             "backends": backends,
+            "peers": opts.peers,
             "eval": None
             if not opts.eval_data
             else {

@@ -16,8 +16,9 @@ and optionally
     name: str                           # the label in the report (default: the spec)
     files: list[str]                    # model files, to report their size
 
-The adapter around a DTLN/GTCRN checkpoint is the user's code (docs/bench.md shows one); this module only
-loads it. `passthrough` below is a built-in peer: the unprocessed input, the floor every model must beat.
+A plug-in's adapter is the user's code (docs/bench.md shows one); this module only loads it. DTLN and GTCRN
+are built in as peer cells (bench/peers.py, `--peers`). `passthrough` below is a built-in plug-in: the
+unprocessed input, the floor every model must beat.
 """
 
 from __future__ import annotations

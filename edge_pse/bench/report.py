@@ -66,7 +66,7 @@ def _kib(b) -> str:
 
 def cell_table(rep: dict) -> tuple[list[str], list[list[str]]]:
     """The one table both report.md and report.html show."""
-    head = ["cell", "KiB", "load ms", "p50 us", "p90 us", "p99 us", "max us", "RTF", "CPU %", "RSS MiB"]
+    head = ["cell", "hop ms", "KiB", "load ms", "p50 us", "p90 us", "p99 us", "max us", "RTF", "CPU %", "RSS MiB"]
     has_q = any("quality" in c for c in rep["cells"])
     if has_q:
         head += ["SI-SDRi", "vs ref", "gap", "level dB", "PESQ", "STOI", "pDNSMOS", "WER", "TSOS", "absent dB"]
@@ -78,6 +78,7 @@ def cell_table(rep: dict) -> tuple[list[str], list[list[str]]]:
         lat = c["latency_us"]
         row = [
             c["key"],
+            _fmt(hop_ms(c), 0),
             _kib(c.get("file_bytes")),
             _fmt(c["load_ms"], 1),
             _fmt(lat["p50"], 1),
@@ -94,6 +95,15 @@ def cell_table(rep: dict) -> tuple[list[str], list[list[str]]]:
             row += [_fmt(q.get(k)) for k in ("pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos", "absent_level_db")]
         rows.append(row)
     return head, rows
+
+
+def hop_ms(cell: dict) -> float | None:
+    """The cell's hop duration (its latency is per call, its RTF per this): 10 ms ours, 8 DTLN, 16 GTCRN."""
+    if cell.get("hop_ms") is not None:
+        return float(cell["hop_ms"])
+    if cell.get("hop") and cell.get("sample_rate"):  # reports written before hop_ms was recorded
+        return 1e3 * cell["hop"] / cell["sample_rate"]
+    return None
 
 
 PREDICTED_BOARDS = ("rpi4", "rpi5")
@@ -138,8 +148,15 @@ def settings_lines(rep: dict) -> list[str]:
     s = rep["settings"]
     out = [
         f"Device profile {rep.get('device_profile', '-')}; {s['hops']} timed hops per cell after {s['warmup']} "
-        f"warm-up hops, each cell in its own process; deadline {s['deadline_us'] / 1000:g} ms per 10 ms hop."
+        f"warm-up hops, each cell in its own process; deadline {s['deadline_us'] / 1000:g} ms per 10 ms hop "
+        "(in proportion for a cell with another hop)."
     ]
+    if s.get("peers"):
+        peers = sorted({c["model"] for c in rep["cells"] if c.get("kind") == "peer"})
+        out.append(
+            f"Peers: {', '.join(peers)} (published models, MIT-licensed, not personalized: they enhance every "
+            f"voice), read from {s['peers']}, streamed as their authors' real-time scripts do."
+        )
     ev = s.get("eval")
     if ev:
         names = {"intrusive": "PESQ, STOI", "dnsmos": "pDNSMOS", "asr": "WER (Whisper pseudo-labels)"}
@@ -148,7 +165,7 @@ def settings_lines(rep: dict) -> list[str]:
             f"Quality: {ev['per_condition']} clips of {ev['seconds']} s per condition from the {ev['split']} split "
             f"of {ev['data']} (metrics: SI-SDRi, TSOS, target-absent level{', ' if extras else ''}"
             f"{', '.join(extras)}); each model file run hop by hop by its backend, output aligned by dropping "
-            "the one-hop lag."
+            "the model's own lag (one hop for ours, 3 x 8 ms for DTLN, 1 x 16 ms for GTCRN)."
         )
     else:
         out.append("Quality: not measured (no --eval-data).")
@@ -175,7 +192,9 @@ def markdown(rep: dict) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in pred[1]]
     lines += [
         "",
-        "Latency is per 10 ms hop (model call only), RTF = mean latency / 10 ms, CPU % = process CPU time / wall "
+        "Latency is per hop (one call; 'hop ms' is its duration: 10 ms for ours, 8 ms DTLN, 16 ms GTCRN), "
+        "RTF = mean latency / that hop's duration (so cells with different hops compare per second of audio), "
+        "CPU % = process CPU time / wall "
         "time while timing (100 = one core), RSS = peak resident memory of the cell's own process. "
         "'vs ref' = SI-SDRi minus the float reference's; 'gap' = SI-SDRi minus SI-SDRi with another speaker's "
         "profile (0: the speaker is ignored); 'level dB' = the target's level at the output vs its own.",
@@ -230,7 +249,7 @@ def plot_pareto(rep: dict) -> bytes | None:
     models = sorted({c["model"] for c in pts})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     for c in pts:
-        xy = (c["latency_us"]["p50"], c["quality"]["si_sdri"])
+        xy = (p50_per_10ms(c), c["quality"]["si_sdri"])
         ax.scatter(*xy, marker=markers.get(c["backend"], "x"), color=colours[c["model"]], s=45)
         short = c["quantization"].replace("int8-", "")
         ax.annotate(short, xy, fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -238,7 +257,7 @@ def plot_pareto(rep: dict) -> bytes | None:
         ax.scatter([], [], color=colours[m], marker="o", label=m)
     for be in sorted({c["backend"] for c in pts}):
         ax.scatter([], [], color="grey", marker=markers.get(be, "x"), label=be)
-    front = pareto_front([(c["latency_us"]["p50"], c["quality"]["si_sdri"]) for c in pts])
+    front = pareto_front([(p50_per_10ms(c), c["quality"]["si_sdri"]) for c in pts])
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "k--", lw=0.8, label="Pareto front")
     ax.legend(fontsize=7, loc="best")
@@ -247,11 +266,20 @@ def plot_pareto(rep: dict) -> bytes | None:
         ax.axhline(ref["quality"]["si_sdri"], color="g", ls=":", lw=1)
         ax.text(0.01, ref["quality"]["si_sdri"], ref["name"], transform=ax.get_yaxis_transform(), fontsize=7, color="g")
     ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency per hop (us, log), {min_threads(rep)} thread(s)")
+    ax.set_xlabel(
+        f"p50 latency per 10 ms of audio (us, log; a cell's per-hop p50 x 10 ms / its hop), "
+        f"{min_threads(rep)} thread(s)"
+    )
     ax.set_ylabel("SI-SDRi (dB)")
     ax.set_title("Quality vs latency")
     ax.grid(alpha=0.3, which="both")
     return _png(fig)
+
+
+def p50_per_10ms(cell: dict) -> float:
+    """The per-hop p50 scaled to 10 ms of audio, so the peers' 8 and 16 ms hops sit on our 10 ms scale."""
+    ms = hop_ms(cell) or 10.0
+    return cell["latency_us"]["p50"] * 10.0 / ms
 
 
 def min_threads(rep: dict) -> int:

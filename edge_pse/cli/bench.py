@@ -46,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Default: every bundle in edge_pse/bundles/ and artifacts/",
     )
     p.add_argument("--backends", nargs="+", choices=BACKEND_CHOICES, help="default: litert executorch onnx")
+    p.add_argument(
+        "--peers",
+        metavar="DIR",
+        help="folder with the peer models (DTLN, GTCRN) run as cells beside ours; 'none' to leave them out. "
+        "Default: ../shared/peers when it exists (a missing folder, file or runtime skips them, with a note)",
+    )
     p.add_argument("--threads", type=_threads, help="comma list, e.g. 1,2,4 (default: the device profile's)")
     p.add_argument("--hops", type=_positive, default=2000, help="timed hops per cell (default 2000 = 20 s audio)")
     p.add_argument("--warmup", type=_positive, default=200, help="untimed hops before timing (default 200)")
@@ -115,8 +121,16 @@ def run(args: argparse.Namespace) -> int:
     if args.target:
         return run_remote(args)
     from rich.console import Console
+    from rich.markup import escape
 
-    from edge_pse.bench.matrix import BUNDLE_BACKENDS, BenchOptions, default_models, resolve_sources, run_matrix
+    from edge_pse.bench.matrix import (
+        BUNDLE_BACKENDS,
+        BenchOptions,
+        default_models,
+        resolve_peers,
+        resolve_sources,
+        run_matrix,
+    )
     from edge_pse.bench.report import write_report
     from edge_pse.runtime import devices
 
@@ -130,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
     if not models:
         raise EdgePseError("no bundles found in edge_pse/bundles/ or artifacts/; pass --models BUNDLE ...")
     sources = resolve_sources(models)
+    peers, skipped = resolve_peers(args.peers)
+    for line in skipped:
+        console.print(f"[yellow]{escape(line)}[/]")
+    sources += peers
     threads = args.threads or [profile.threads]
     backends = list(args.backends or BUNDLE_BACKENDS)
     opts = BenchOptions(
@@ -144,10 +162,11 @@ def run(args: argparse.Namespace) -> int:
         intrusive=not args.fast,
         teacher=_teacher(args.teacher) if args.eval_data else None,
         progress=sys.stderr.isatty(),
+        peers=peers[0].path if peers else None,
     )
     report, clip = run_matrix(sources, backends, threads, opts, console.print)
     report = {"device_profile": profile.name, "device_requested": args.device, **report}
-    report["notes"] = [*args.note, *report.get("notes", [])]
+    report["notes"] = [*args.note, *skipped, *report.get("notes", [])]
     written = write_report(report, args.output, clip)
     from edge_pse.bench.report import cell_table
 
