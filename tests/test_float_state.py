@@ -1,6 +1,7 @@
 """int8 export keeps the LSTM cell state float: an accumulating cell state (range >> rms) quantized to int8
 costs most of the output's accuracy, and the error feeds back every hop (edge_pse.quant.float_state)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from edge_pse.exporters.accuracy import snr_db  # noqa: E402
 from edge_pse.model.config import get_preset  # noqa: E402
 from edge_pse.model.e3net import E3Net  # noqa: E402
 from edge_pse.model.step import E3NetStep  # noqa: E402
-from edge_pse.quant.float_state import cell_state_inputs, with_float_cell_state  # noqa: E402
+from edge_pse.quant.float_state import float_inputs, onnx_float_nodes, with_float_paths  # noqa: E402
 from edge_pse.quant.ptq import batch_clips, quantize_ptq  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,8 +50,12 @@ def stream(module, step: E3NetStep, clips) -> tuple[np.ndarray, list[float]]:
 
 
 def test_the_cell_state_inputs_are_found_by_name(shipped_tiny) -> None:
-    names = list(shipped_tiny.io.input_names)
-    assert [names[k] for k in sorted(cell_state_inputs(names))] == ["c0", "c1"]
+    assert float_inputs(shipped_tiny) == {"c0", "c1"}
+
+
+def test_a_level_normalising_step_also_keeps_its_level_dependent_inputs_float() -> None:
+    step = E3NetStep(E3Net(replace(get_preset("tiny"), frame_level_dbfs=-20.0)).eval())
+    assert float_inputs(step) == {"c0", "c1", "hop", "enc_buf", "dec_tail"}
 
 
 @pytest.mark.slow
@@ -61,26 +66,41 @@ def test_int8_with_a_float_cell_state_tracks_the_float_step(shipped_tiny, clips)
     calibration, heldout = clips
     ref, c_max = stream(shipped_tiny, shipped_tiny, heldout)
     assert max(c_max) > 30  # the premise: an accumulating cell state
-    names = list(shipped_tiny.io.input_names)
     all_int8 = quantize_ptq(shipped_tiny, pte.quantizer(), calibration)
-    float_c = quantize_ptq(shipped_tiny, with_float_cell_state(pte.quantizer(), names), calibration)
+    float_c = quantize_ptq(shipped_tiny, with_float_paths(pte.quantizer(), shipped_tiny), calibration)
     snr_all_int8 = snr_db(ref, stream(all_int8, shipped_tiny, heldout)[0])
     snr_float_c = snr_db(ref, stream(float_c, shipped_tiny, heldout)[0])
     assert snr_float_c >= 20 and snr_float_c > snr_all_int8 + 6, (snr_float_c, snr_all_int8)
 
 
-def test_onnx_leaves_exactly_the_cell_state_ops_float(tmp_path) -> None:
+def onnx_float_ops(tmp_path, frame_level_dbfs) -> tuple[list[str], list[str]]:
+    """(op types left float, op types of the whole graph) of the tiny's ONNX export."""
     pytest.importorskip("onnx")
-    from edge_pse.exporters.onnx import cell_state_nodes, export_float
+    import onnx
+
+    from edge_pse.exporters.onnx import export_float
     from edge_pse.quant.ptq import example_inputs
 
     torch.manual_seed(0)
-    step = E3NetStep(E3Net(get_preset("tiny")).eval()).eval()
+    step = E3NetStep(E3Net(replace(get_preset("tiny"), frame_level_dbfs=frame_level_dbfs)).eval()).eval()
     path = tmp_path / "float.onnx"
     export_float(step, example_inputs(step), path)
-    import onnx
-
     ops = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
-    found = cell_state_nodes(path)
+    return sorted(ops[n] for n in onnx_float_nodes(path, step)), sorted(ops.values())
+
+
+def test_onnx_leaves_exactly_the_cell_state_ops_float(tmp_path) -> None:
+    found, _ = onnx_float_ops(tmp_path, None)
     # per block: f*c, + i*g, tanh(c), o*tanh(c)
-    assert sorted(ops[n] for n in found) == sorted(["Mul", "Add", "Tanh", "Mul"] * step.cfg.n_blocks)
+    assert found == sorted(["Mul", "Add", "Tanh", "Mul"] * 2)
+
+
+def test_onnx_also_leaves_the_level_normalisation_float_and_every_linear_int8(tmp_path) -> None:
+    found, everything = onnx_float_ops(tmp_path, -20.0)
+    cell = ["Mul", "Add", "Tanh", "Mul"] * 2
+    # the frame's power (x*x twice, their sum, the mean, x0.5, + eps), the gain (rsqrt as 1/sqrt, x target,
+    # clip), the window scaled (2 Mul), the way back (reciprocal, 2 Mul) and the carried tail added
+    level = ["Mul", "Mul", "Add", "ReduceMean", "Mul", "Add", "Sqrt", "Div", "Mul", "Clip", "Mul", "Mul"]
+    level += ["Reciprocal", "Mul", "Mul", "Add"]
+    assert found == sorted(cell + level)
+    assert "MatMul" in everything and not {"MatMul", "Gemm"} & set(found)

@@ -136,3 +136,24 @@ def test_bad_configs_are_refused() -> None:
         E3NetConfig(window=400)
     with pytest.raises(ValueError, match="unknown E3Net config keys"):
         E3NetConfig.from_dict({"n_filters": 64, "colour": 1})
+
+
+@pytest.mark.parametrize("frame_level_dbfs", [-20.0, None])
+def test_frame_level_normalisation_makes_the_output_follow_the_input_level(frame_level_dbfs) -> None:
+    """With each frame scaled to one level, a quiet input gives the loud input's output, scaled down: the
+    int8 graph then sees one range at every input level. Without it, LayerNorm's eps changes quiet frames."""
+    cfg = replace(get_preset("tiny"), frame_level_dbfs=frame_level_dbfs)
+    torch.manual_seed(4)
+    model = E3Net(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.encoder.bias.zero_()  # the one term that does not scale with the input
+        wave = 0.1 * torch.randn(1, 100 * cfg.hop)
+        spk = torch.randn(1, cfg.spk_dim)
+        loud, quiet = model(wave, spk), model(wave * 1e-3, spk) / 1e-3  # -20 and -80 dBFS
+    err = float((loud - quiet).abs().max() / loud.abs().max())
+    if frame_level_dbfs is None:
+        assert err > 1e-2
+    else:
+        assert err < 1e-4

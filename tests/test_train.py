@@ -5,7 +5,7 @@ import torch
 
 from edge_pse.data.mixtures import MixtureConfig, MixtureDataset
 from edge_pse.errors import EdgePseError
-from edge_pse.model.checkpoint import load_model
+from edge_pse.model.checkpoint import load_model, read_checkpoint
 from edge_pse.train.losses import compressed_spectral, enhancement_loss, si_snr
 from edge_pse.train.trainer import TrainConfig, Trainer
 
@@ -203,6 +203,20 @@ def test_conditioning_is_part_of_the_run(datasets, tmp_path) -> None:
     # the standardisation comes from the training speakers' d-vectors and is saved with the weights
     emb = torch.from_numpy(__import__("numpy").concatenate(datasets[0]._embeddings))
     assert torch.allclose(film.model.spk_mean, emb.mean(0))
+
+
+def test_a_run_can_switch_its_frame_level_normalisation_only_when_asked(datasets, tmp_path) -> None:
+    before = make_trainer(datasets, tmp_path, steps=4, frame_level="off")
+    assert before.model.cfg.frame_level_dbfs is None
+    before.save()
+    with pytest.raises(EdgePseError, match="--frame-level-dbfs off to continue it as it was"):
+        make_trainer(datasets, tmp_path, steps=4).resume()  # the preset's -20 differs from the run's off
+    after = make_trainer(datasets, tmp_path, steps=4, frame_level="-20")
+    assert after.resume() and after.model.cfg.frame_level_dbfs == -20.0
+    assert after.events == [{"step": 0, "event": "frame_level_dbfs off -> -20"}]
+    after.fit(show_progress=False)  # the same weights train on under the normalisation
+    assert read_checkpoint(tmp_path / "last.pt")["extra"]["events"] == after.events
+    assert '"event": "frame_level_dbfs off -> -20"' in (tmp_path / "log.jsonl").read_text()
 
 
 def test_sigterm_stops_a_cli_run_cleanly_and_it_resumes(synthetic_root, tmp_path) -> None:

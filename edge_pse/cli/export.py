@@ -32,6 +32,17 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _frame_level(text: str) -> str:
+    if text in ("auto", "off"):
+        return text
+    try:
+        if -60.0 <= float(text) <= 0.0:
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected auto, off or a level between -60 and 0 dBFS, got {text!r}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--student", choices=STUDENTS, default=None, help="shipped checkpoint to export (default tiny)")
@@ -52,6 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qat-batch", type=_positive_int, default=32, help="sequences per QAT step")
     p.add_argument("--min-snr-db", type=float, help="override the int8 gate: minimum SNR vs the float step (dB)")
     p.add_argument("--max-drop-db", type=float, help="override the int8 gate: maximum SI-SDRi drop vs float (dB)")
+    p.add_argument(
+        "--frame-level-dbfs",
+        type=_frame_level,
+        default="auto",
+        metavar="DB|off|auto",
+        help="per-frame level normalisation in the exported step (auto: the checkpoint's own, else -20 dBFS; "
+        "without it int8 loses its accuracy on quiet input)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -109,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         qat_batch=args.qat_batch,
         tolerance=tol,
         seed=args.seed,
+        frame_level=args.frame_level_dbfs,
     )
     console.print(f"exporting {ckpt} ({payload.get('preset')}), mode {args.mode}, formats {','.join(args.formats)}")
     console.print(f"calibration: {calib.describe()}")

@@ -29,6 +29,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
         choices=("concat", "standardised", "film", "mul"),
         help="override the preset's speaker conditioning (presets: film)",
     )
+    p.add_argument(
+        "--frame-level-dbfs",
+        metavar="DB|off",
+        help="override the preset's per-frame level normalisation (presets: -20): each window is scaled to this "
+        "rms before the encoder and back after the decoder, so int8 keeps its accuracy at any input level",
+    )
     p.add_argument("--stop-at", type=int, default=0, metavar="STEP", help="stop (resumable) at this step")
     p.add_argument("--device", default="cpu", help="where the model trains: cpu (default) or cuda on an accelerator")
     p.add_argument("--workers", type=int, default=0, help="processes making batches ahead of the step (0: inline)")
@@ -114,6 +120,7 @@ def _run(
         noisy_dir=noisy_dir,
         recipe=args.recipe,
         conditioning=args.conditioning,
+        frame_level=args.frame_level_dbfs,
         stop_at=args.stop_at,
         device=args.device,
         workers=args.workers,

@@ -11,6 +11,10 @@ import numpy as np
 from edge_pse.eval.metrics import si_sdr
 from edge_pse.quant.calibration import Clip
 
+# Input levels (mean power, dBFS) at which every file is measured: a quiet far-field talker, normal speech, a
+# loud close one. One static int8 scale used to fit only the calibration's level (docs/bundle.md, "Level").
+LEVELS_DBFS = (-45.0, -30.0, -15.0)
+
 
 @dataclass(frozen=True)
 class Tolerance:

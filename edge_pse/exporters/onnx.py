@@ -10,6 +10,7 @@ from torch import nn
 
 from edge_pse.exporters.common import Exported, float_file_io
 from edge_pse.quant.calibration import Clip
+from edge_pse.quant.float_state import onnx_float_nodes
 from edge_pse.quant.ptq import streaming_inputs
 
 FILENAME = "model.onnx"
@@ -26,23 +27,6 @@ def export_float(step: nn.Module, example: tuple[torch.Tensor, ...], path: Path)
         opset_version=OPSET,
         dynamo=False,
     )
-
-
-def cell_state_nodes(path: Path) -> list[str]:
-    """Names of the ops on the LSTM cell-state path (Mul/Add/Tanh fed by a c input, transitively): left float,
-    as in the PT2E formats (edge_pse.quant.float_state says why)."""
-    import onnx
-
-    from edge_pse.quant.float_state import CELL_STATE
-
-    graph = onnx.load(str(path)).graph
-    marked = {i.name for i in graph.input if CELL_STATE.fullmatch(i.name)}
-    names = []
-    for node in graph.node:  # ONNX nodes are stored in topological order
-        if node.op_type in ("Mul", "Add", "Tanh") and marked.intersection(node.input):
-            marked.update(node.output)
-            names.append(node.name)
-    return names
 
 
 class _StreamingReader:
@@ -93,7 +77,7 @@ def export(
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-                nodes_to_exclude=cell_state_nodes(float_path),
+                nodes_to_exclude=onnx_float_nodes(float_path, step),
             )
         finally:
             float_path.unlink(missing_ok=True)

@@ -25,12 +25,13 @@ from edge_pse.exporters.accuracy import Tolerance
 from edge_pse.exporters.common import Exported
 from edge_pse.model.config import state_spec
 from edge_pse.model.step import E3NetStep, run_step
-from edge_pse.quant.calibration import CalibrationSet
+from edge_pse.quant.calibration import CalibrationSet, Clip, at_level
 
 FORMATS = ("pte", "tflite", "onnx")
 MODES = {"fp32": "fp32", "ptq": "int8-ptq", "qat": "int8-qat"}
 TOOLCHAIN = ("edge-pse", "torch", "torchao", "executorch", "litert-torch", "ai-edge-litert", "onnx", "onnxruntime")
 WEIGHTS = "weights.pt"
+DEFAULT_FRAME_LEVEL_DBFS = -20.0  # the presets' (model/config.py)
 
 
 @dataclass
@@ -43,18 +44,47 @@ class ExportOptions:
     latency_hops: int = 400
     tolerance: Tolerance = field(default_factory=Tolerance)
     seed: int = 0
+    # per-frame level normalisation of the exported step: "auto" keeps the checkpoint's own and gives one
+    # trained without it DEFAULT_FRAME_LEVEL_DBFS (its int8 otherwise collapses on quiet input); "off"; or dBFS
+    frame_level: str = "auto"
+
+    def frame_level_for(self, trained: float | None) -> float | None:
+        if self.frame_level == "auto":
+            return DEFAULT_FRAME_LEVEL_DBFS if trained is None else trained
+        return None if self.frame_level == "off" else float(self.frame_level)
+
+
+@dataclass
+class LevelResult:
+    """One file at one input level, against the float step at that level."""
+
+    snr_db: float
+    si_sdri_db: float
+    si_sdri_drop_db: float
 
 
 @dataclass
 class FileResult:
     exported: Exported
     bytes: int = 0
-    snr_db: float = 0.0
-    si_sdri_db: float = 0.0
-    si_sdri_drop_db: float = 0.0
+    levels: dict[float, LevelResult] = field(default_factory=dict)  # input level (dBFS) -> figures
     latency_median_us: float = 0.0
     latency_p99_us: float = 0.0
     passed: bool = False
+
+    @property
+    def snr_db(self) -> float:
+        """The worst level's SNR vs float (what the gate checks)."""
+        return min((r.snr_db for r in self.levels.values()), default=0.0)
+
+    @property
+    def si_sdri_drop_db(self) -> float:
+        """The worst level's SI-SDRi drop vs float (what the gate checks)."""
+        return max((r.si_sdri_drop_db for r in self.levels.values()), default=0.0)
+
+    @property
+    def si_sdri_db(self) -> float:
+        return float(np.mean([r.si_sdri_db for r in self.levels.values()])) if self.levels else 0.0
 
 
 def toolchain_versions() -> dict[str, str]:
@@ -86,7 +116,7 @@ def quantized_module(step: E3NetStep, fmt: str, opts: ExportOptions, calib: Cali
     (one QAT run instead of three: on 2 shared cores each run takes many minutes).
     """
     from edge_pse.exporters import pte, tflite
-    from edge_pse.quant.float_state import with_float_cell_state
+    from edge_pse.quant.float_state import with_float_paths
     from edge_pse.quant.ptq import quantize_ptq
 
     if opts.mode == "fp32":
@@ -97,7 +127,7 @@ def quantized_module(step: E3NetStep, fmt: str, opts: ExportOptions, calib: Cali
             return converted, None
     if fmt == "onnx":
         return step, None
-    quantizer = with_float_cell_state((pte if fmt == "pte" else tflite).quantizer(), step.io.input_names)
+    quantizer = with_float_paths((pte if fmt == "pte" else tflite).quantizer(), step)
     fold = fmt == "pte"  # ExecuTorch wants int8 weight constants; litert-torch wants the Q/DQ pairs
     return quantize_ptq(step, quantizer, calib.calibration, opts.max_calibration_hops, fold), quantizer
 
@@ -106,13 +136,13 @@ def qat_run(step: E3NetStep, opts: ExportOptions, calib: CalibrationSet, qat_cac
     """(converted XNNPACK int8 graph, float step with the fine-tuned weights), computed once per export."""
     if "qat" not in qat_cache:
         from edge_pse.exporters import pte
-        from edge_pse.quant.float_state import with_float_cell_state
+        from edge_pse.quant.float_state import with_float_paths
         from edge_pse.quant.qat import quantize_qat
 
         qat_cache["qat"] = quantize_qat(
             step,
-            with_float_cell_state(pte.quantizer(qat=True), step.io.input_names),
-            with_float_cell_state(pte.quantizer(), step.io.input_names),
+            with_float_paths(pte.quantizer(qat=True), step),
+            with_float_paths(pte.quantizer(), step),
             calib.calibration,
             opts.qat_steps,
             opts.qat_batch,
@@ -137,27 +167,30 @@ def export_format(
     return onnx.export(module, example, out_dir, quantization, calib.calibration, opts.max_calibration_hops)
 
 
-def float_reference(step: E3NetStep, calib: CalibrationSet) -> list[np.ndarray]:
-    """The PyTorch float step's output on each held-out clip (the yardstick for every file)."""
+def float_reference(step: E3NetStep, heldout: dict[float, list[Clip]]) -> dict[float, list[np.ndarray]]:
+    """The PyTorch float step's output on each held-out clip at each input level (the yardstick)."""
     hop = step.cfg.hop
-    outs = []
-    for c in calib.heldout:
-        n = c.mixture.size // hop * hop
-        wave = torch.from_numpy(c.mixture[:n]).unsqueeze(0)
-        outs.append(run_step(step, wave, torch.from_numpy(c.spk).unsqueeze(0))[0].numpy())
-    return outs
+    refs = {}
+    for level, clips in heldout.items():
+        refs[level] = []
+        for c in clips:
+            n = c.mixture.size // hop * hop
+            wave = torch.from_numpy(c.mixture[:n]).unsqueeze(0)
+            refs[level].append(run_step(step, wave, torch.from_numpy(c.spk).unsqueeze(0))[0].numpy())
+    return refs
 
 
 def verify(
     bundle: Bundle,
     entry: FileEntry,
     result: FileResult,
-    ref: list[np.ndarray],
-    ref_sdri: float,
-    calib: CalibrationSet,
+    heldout: dict[float, list[Clip]],
+    refs: dict[float, list[np.ndarray]],
+    ref_sdri: dict[float, float],
     opts: ExportOptions,
 ) -> None:
-    """Load the file in its own runtime (through the same backend the device uses) and measure it."""
+    """Load the file in its own runtime (through the same backend the device uses) and measure it at every
+    input level; the gate takes the worst level."""
     import importlib
 
     from edge_pse.runtime.backends import BACKENDS, FORMAT_BACKEND
@@ -165,15 +198,19 @@ def verify(
     module, cls, _ = BACKENDS[FORMAT_BACKEND[entry.format]]
     backend = getattr(importlib.import_module(module), cls)(bundle, entry, 1)
     hop = bundle.manifest["hop"]
-    outs = accuracy.run_backend(backend, calib.heldout, hop)
-    result.snr_db = accuracy.snr_db(np.concatenate(ref), np.concatenate(outs))
-    result.si_sdri_db = accuracy.si_sdri(outs, calib.heldout, hop)
-    result.si_sdri_drop_db = ref_sdri - result.si_sdri_db
-    result.latency_median_us, result.latency_p99_us = accuracy.latency_us(
-        backend, calib.heldout[0], hop, hops=opts.latency_hops
-    )
+    for level, clips in heldout.items():
+        outs = accuracy.run_backend(backend, clips, hop)
+        sdri = accuracy.si_sdri(outs, clips, hop)
+        snr = accuracy.snr_db(np.concatenate(refs[level]), np.concatenate(outs))
+        result.levels[level] = LevelResult(snr, sdri, ref_sdri[level] - sdri)
+    mid = heldout[sorted(heldout)[len(heldout) // 2]]
+    result.latency_median_us, result.latency_p99_us = accuracy.latency_us(backend, mid[0], hop, hops=opts.latency_hops)
     min_snr, max_drop = opts.tolerance.limits(entry.quantization)
     result.passed = result.snr_db >= min_snr and result.si_sdri_drop_db <= max_drop
+
+
+def _level_key(level: float) -> str:
+    return f"{level:g}"
 
 
 def manifest(
@@ -181,7 +218,7 @@ def manifest(
     step: E3NetStep,
     files: list[FileEntry],
     results: dict[str, FileResult],
-    ref_sdri: float,
+    ref_sdri: dict[float, float],
     calib: CalibrationSet,
     opts: ExportOptions,
     weights: Path,
@@ -202,12 +239,24 @@ def manifest(
             "reference": {"path": WEIGHTS, "sha256": sha256_file(weights), "bytes": weights.stat().st_size},
             "toolchain": toolchain_versions(),
             "accuracy": {
-                "float": {"si_sdri_db": round(ref_sdri, 3)},
+                "levels_dbfs": list(ref_sdri),
+                "float": {
+                    "si_sdri_db": round(float(np.mean(list(ref_sdri.values()))), 3),
+                    "levels": {_level_key(k): {"si_sdri_db": round(v, 3)} for k, v in ref_sdri.items()},
+                },
                 **{
                     r.exported.path.name: {
                         "snr_db": round(r.snr_db, 2),
                         "si_sdri_db": round(r.si_sdri_db, 3),
                         "si_sdri_drop_db": round(r.si_sdri_drop_db, 3),
+                        "levels": {
+                            _level_key(k): {
+                                "snr_db": round(v.snr_db, 2),
+                                "si_sdri_db": round(v.si_sdri_db, 3),
+                                "si_sdri_drop_db": round(v.si_sdri_drop_db, 3),
+                            }
+                            for k, v in r.levels.items()
+                        },
                         "latency_median_us": round(r.latency_median_us, 1),
                         "latency_p99_us": round(r.latency_p99_us, 1),
                         "ops_outside_delegate": r.exported.ops_outside,
@@ -320,11 +369,20 @@ def _install(tmp: Path, out: Path) -> None:
 
 def export_bundle(
     model, preset: str, source: str, calib: CalibrationSet, out: Path, opts: ExportOptions, log=print
-) -> tuple[Path, dict[str, FileResult], float]:
+) -> tuple[Path, dict[str, FileResult], dict[float, float]]:
     """Build, verify and gate a bundle; returns (bundle path, per-file results, float SI-SDRi)."""
     from edge_pse.exporters.report import write_report
+    from edge_pse.model.e3net import with_frame_level
 
     torch.manual_seed(opts.seed)
+    level = opts.frame_level_for(model.cfg.frame_level_dbfs)
+    if level != model.cfg.frame_level_dbfs:
+        trained = model.cfg.frame_level_dbfs
+        log(
+            f"per-frame level normalisation: {'off' if level is None else f'{level:g} dBFS'} (the checkpoint was "
+            f"trained with {'none' if trained is None else f'{trained:g} dBFS'}; --frame-level-dbfs sets it)"
+        )
+        model = with_frame_level(model, level)
     step = E3NetStep(model).eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -335,6 +393,8 @@ def export_bundle(
     try:
         weights = tmp / WEIGHTS
         torch.save({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, weights)
+        calib = calib.across_levels(accuracy.LEVELS_DBFS)
+        heldout = {level: [at_level(c, level) for c in calib.heldout] for level in accuracy.LEVELS_DBFS}
         qat_cache: dict = {}
         exported = []
         for fmt in opts.formats:
@@ -345,26 +405,32 @@ def export_bundle(
             for e in exported
         ]
         results = {e.path.name: FileResult(e, e.path.stat().st_size) for e in exported}
-        ref = float_reference(step, calib)
-        ref_sdri = accuracy.si_sdri(ref, calib.heldout, step.cfg.hop)
+        refs = float_reference(step, heldout)
+        ref_sdri = {level: accuracy.si_sdri(refs[level], heldout[level], step.cfg.hop) for level in heldout}
         _write_json(
             tmp / "manifest.json", manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source)
         )
         bundle = Bundle.load(tmp)
         for entry in bundle.files:
-            log(f"{entry.format}: verifying in its own runtime on {len(calib.heldout)} held-out clips")
-            verify(bundle, entry, results[entry.path], ref, ref_sdri, calib, opts)
+            log(
+                f"{entry.format}: verifying in its own runtime on {len(calib.heldout)} held-out clips at "
+                + ", ".join(f"{k:g}" for k in heldout)
+                + " dBFS"
+            )
+            verify(bundle, entry, results[entry.path], heldout, refs, ref_sdri, opts)
         data = manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source)
         _write_json(tmp / "manifest.json", data)
-        write_report(tmp / "report.md", data, results, ref_sdri)
+        write_report(tmp / "report.md", data)
         failed = [r for r in results.values() if not r.passed]
         if failed:
             lines = []
             for r in failed:
                 min_snr, max_drop = opts.tolerance.limits(r.exported.quantization)
+                worst = max(r.levels, key=lambda k: r.levels[k].si_sdri_drop_db)
                 lines.append(
                     f"{r.exported.path.name} ({r.exported.quantization}): SNR vs float {r.snr_db:.1f} dB "
-                    f"(min {min_snr:g}), SI-SDRi drop {r.si_sdri_drop_db:.2f} dB (max {max_drop:g})"
+                    f"(min {min_snr:g}), SI-SDRi drop {r.si_sdri_drop_db:.2f} dB (max {max_drop:g}, "
+                    f"worst at {worst:g} dBFS)"
                 )
             raise GateFailed(results, ref_sdri, "accuracy gate failed, no bundle written:\n  " + "\n  ".join(lines))
         (tmp / LOCK).unlink(missing_ok=True)  # not part of the bundle; the open descriptor keeps the lock
@@ -381,6 +447,6 @@ class GateFailed(EdgePseError):
 
     exit_code = 3
 
-    def __init__(self, results: dict[str, FileResult], ref_sdri: float, message: str) -> None:
+    def __init__(self, results: dict[str, FileResult], ref_sdri: dict[float, float], message: str) -> None:
         super().__init__(message)
         self.results, self.ref_sdri = results, ref_sdri

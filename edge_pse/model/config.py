@@ -19,6 +19,11 @@ WINDOW = 2 * HOP  # the encoder's kernel: 20 ms, which is also the algorithmic l
 #   every LSTM block, so every block is told whom to keep.
 # mul: standardised, plus a zero-initialised multiplicative adaptation (scale only) in front of every block.
 CONDITIONINGS = ("concat", "standardised", "film", "mul")
+# Per-frame level normalisation (docs/bundle.md, "Level"): every analysis window is scaled to this rms before
+# the encoder and the decoder's frame is scaled back, so the encoder/decoder activations, and with them one
+# static int8 scale, no longer depend on the input level. Frames quieter than FRAME_MAX_GAIN_DB below it
+# (digital silence) get at most that gain.
+FRAME_MAX_GAIN_DB = 60.0
 
 
 @dataclass(frozen=True)
@@ -34,12 +39,15 @@ class E3NetConfig:
     window: int = WINDOW
     sample_rate: int = SAMPLE_RATE
     conditioning: str = "concat"  # a checkpoint without the key predates the others (CONDITIONINGS)
+    frame_level_dbfs: float | None = None  # per-frame level normalisation target; None: off (the first models)
 
     def __post_init__(self) -> None:
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {self.conditioning!r}; choose from {', '.join(CONDITIONINGS)}")
         if self.window != 2 * self.hop:
             raise ValueError("E3Net's streaming form assumes a window of exactly two hops")
+        if self.frame_level_dbfs is not None and not -60.0 <= self.frame_level_dbfs <= 0.0:
+            raise ValueError("frame_level_dbfs must be between -60 and 0 dBFS")
         for name in ("n_filters", "width", "n_blocks", "ff_dim", "spk_dim", "hop"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -64,7 +72,14 @@ class E3NetConfig:
         """Whether every LSTM block gets its own speaker adaptation (film or mul)."""
         return self.conditioning in ("film", "mul")
 
-    def to_dict(self) -> dict[str, int | str]:
+    @property
+    def frame_gain_limits(self) -> tuple[float, float] | None:
+        """(target rms, largest gain) of the per-frame level normalisation, linear; None when it is off."""
+        if self.frame_level_dbfs is None:
+            return None
+        return 10 ** (self.frame_level_dbfs / 20), 10 ** (FRAME_MAX_GAIN_DB / 20)
+
+    def to_dict(self) -> dict[str, int | str | float | None]:
         return asdict(self)
 
     @classmethod
@@ -79,11 +94,16 @@ class E3NetConfig:
 # Sizes were chosen from `edge-pse models` (see README): `teacher` is the paper's size, `small` is ~2.6x
 # cheaper per hop (the paper's students are 2-4x), `tiny` stays under 0.5 M parameters so its int8 weights
 # fit in a Raspberry Pi 4's 1 MiB L2 cache. N is shrunk hardest: ~1/3 of the teacher's weights are N-sized.
-# New models are FiLM-conditioned (the first shipped ones were `concat` and did not use the speaker).
+# New models are FiLM-conditioned (the first shipped ones were `concat` and did not use the speaker) and normalise
+# each frame's level (int8 then keeps its accuracy at any input level; the first models did not).
 PRESETS: dict[str, E3NetConfig] = {
-    "teacher": E3NetConfig(n_filters=2048, width=256, n_blocks=4, ff_dim=1024, conditioning="film"),
-    "small": E3NetConfig(n_filters=1024, width=192, n_blocks=3, ff_dim=512, conditioning="film"),
-    "tiny": E3NetConfig(n_filters=256, width=96, n_blocks=2, ff_dim=192, conditioning="film"),
+    "teacher": E3NetConfig(
+        n_filters=2048, width=256, n_blocks=4, ff_dim=1024, conditioning="film", frame_level_dbfs=-20.0
+    ),
+    "small": E3NetConfig(
+        n_filters=1024, width=192, n_blocks=3, ff_dim=512, conditioning="film", frame_level_dbfs=-20.0
+    ),
+    "tiny": E3NetConfig(n_filters=256, width=96, n_blocks=2, ff_dim=192, conditioning="film", frame_level_dbfs=-20.0),
 }
 
 

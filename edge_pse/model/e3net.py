@@ -28,6 +28,11 @@ class PReLU(nn.Module):
         return F.relu(x) - self.weight * F.relu(-x)
 
 
+def frame_gain(power: torch.Tensor, target: float, max_gain: float) -> torch.Tensor:
+    """target / rms, at most `max_gain` (a silent frame keeps its silence instead of dividing by zero)."""
+    return torch.clamp(target * torch.rsqrt(power + 1e-12), max=max_gain)
+
+
 class FeedForward(nn.Module):
     """Linear, PReLU, Linear, PReLU, LayerNorm: the block's projection in front of its LSTM."""
 
@@ -165,10 +170,27 @@ class E3Net(nn.Module):
         """The embedding as the network sees it: standardised, or raw for `concat`."""
         return (spk - self.spk_mean) / self.spk_std if self.cfg.standardised else spk
 
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """[B,T] -> [B,F,N] features; frame f sees input samples [f*hop - hop, f*hop + hop)."""
+    def frame_gain(self, wave: torch.Tensor) -> torch.Tensor | None:
+        """[B,T] -> [B,F,1]: the gain that brings each analysis window to `cfg.frame_level_dbfs` rms (None: off).
+
+        The encoder is linear in its window, so scaling the window equals scaling the filters' output; the
+        decoder's frame is divided by the same gain before overlap-add (the step does the same per hop).
+        """
+        limits = self.cfg.frame_gain_limits
+        if limits is None:
+            return None
+        target, max_gain = limits
+        x = F.pad(wave, (self.cfg.hop, 0))
+        power = x.unfold(-1, self.cfg.window, self.cfg.hop).pow(2).mean(-1, keepdim=True)
+        return frame_gain(power, target, max_gain)
+
+    def encode(self, wave: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """[B,T] -> [B,F,N] features; frame f sees input samples [f*hop - hop, f*hop + hop), scaled by `gain`."""
         x = F.pad(wave.unsqueeze(1), (self.cfg.hop, 0))
-        return self.enc_act(self.encoder(x).transpose(1, 2))
+        if gain is None:
+            return self.enc_act(self.encoder(x).transpose(1, 2))
+        filtered = F.conv1d(x, self.encoder.weight, stride=self.cfg.hop).transpose(1, 2)
+        return self.enc_act(filtered * gain + self.encoder.bias)
 
     def masker(self, feats: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
         """[B,F,N] features and [B,D] embedding -> [B,F,N] mask in (0, 1)."""
@@ -192,10 +214,24 @@ class E3Net(nn.Module):
         pad = (-length) % self.cfg.hop
         if pad:
             wave = F.pad(wave, (0, pad))
-        feats = self.encode(wave)
-        return self.decode(feats * self.masker(feats, spk), length)
+        gain = self.frame_gain(wave)
+        feats = self.encode(wave, gain)
+        masked = feats * self.masker(feats, spk)
+        return self.decode(masked if gain is None else masked / gain, length)
 
     def enhance(self, wave: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
         """Time-aligned output of the same length as `wave` (flushes one extra hop, drops the lag)."""
         d = self.cfg.output_delay
         return self.forward(F.pad(wave, (0, d)), spk)[:, d:]
+
+
+def with_frame_level(model: E3Net, dbfs: float | None) -> E3Net:
+    """The same weights with per-frame level normalisation at `dbfs` (None: off). The weights fit either way:
+    the normalisation has no parameters."""
+    from dataclasses import replace
+
+    if model.cfg.frame_level_dbfs == dbfs:
+        return model
+    out = E3Net(replace(model.cfg, frame_level_dbfs=dbfs))
+    out.load_state_dict(model.state_dict())
+    return out.train(model.training)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edge_pse.model.config import E3NetConfig, StepIO, state_spec
-from edge_pse.model.e3net import E3Net, PReLU
+from edge_pse.model.e3net import E3Net, PReLU, frame_gain
 
 
 def _prelu(act: PReLU) -> PReLU:
@@ -150,7 +150,12 @@ class E3NetStep(nn.Module):
 
     def forward(self, hop: torch.Tensor, spk: torch.Tensor, *state: torch.Tensor):
         enc_buf, *lstm_state, dec_tail = state
-        feats = self.enc_act(self.enc_prev(enc_buf) + self.enc_cur(hop))
+        limits = self.cfg.frame_gain_limits
+        if limits is not None:  # scale the window before the int8 Linears see it; float ops (quant/float_state)
+            gain = frame_gain((enc_buf * enc_buf + hop * hop).mean(-1, keepdim=True) * 0.5, *limits)
+            feats = self.enc_act(self.enc_prev(enc_buf * gain) + self.enc_cur(hop * gain))
+        else:
+            feats = self.enc_act(self.enc_prev(enc_buf) + self.enc_cur(hop))
         x = self.fusion_feat(self.enc_norm(feats)) + self.fusion_spk(spk)
         x = self.fusion_norm(self.fusion_act(x))
         new_lstm = []
@@ -160,8 +165,11 @@ class E3NetStep(nn.Module):
             x, h, c = block(x, lstm_state[2 * k], lstm_state[2 * k + 1])
             new_lstm += [h, c]
         masked = feats * torch.sigmoid(self.mask(x))
-        out = self.dec_head(masked) + dec_tail
-        return (out, hop, *new_lstm, self.dec_tail(masked))
+        head, tail = self.dec_head(masked), self.dec_tail(masked)
+        if limits is not None:  # back to the input's level; dec_tail is carried at the input's level
+            inverse = torch.reciprocal(gain)
+            head, tail = head * inverse, tail * inverse
+        return (head + dec_tail, hop, *new_lstm, tail)
 
 
 @torch.no_grad()

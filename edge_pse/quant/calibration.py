@@ -37,11 +37,26 @@ class Clip:
     heldout: bool = False
 
 
+def at_level(clip: Clip, dbfs: float) -> Clip:
+    """The clip with its mixture at `dbfs` mean power (the target scaled by the same gain)."""
+    from edge_pse.eval.metrics import level_db
+
+    gain = np.float32(10 ** ((dbfs - level_db(clip.mixture)) / 20))
+    target = None if clip.target is None else clip.target * gain
+    return Clip(clip.mixture * gain, clip.spk, target, clip.condition, clip.heldout)
+
+
 @dataclass
 class CalibrationSet:
     calibration: list[Clip]
     heldout: list[Clip]
     source: str
+
+    def across_levels(self, levels: tuple[float, ...]) -> CalibrationSet:
+        """The calibration clips spread over `levels` (clip i at levels[i % n]), so observers see every input
+        level the gate measures; the held-out clips stay as they are (the gate scales them itself)."""
+        calibration = [at_level(c, levels[i % len(levels)]) for i, c in enumerate(self.calibration)]
+        return CalibrationSet(calibration, self.heldout, self.source)
 
     def describe(self) -> str:
         secs = sum(c.mixture.size for c in self.calibration) / SR

@@ -1,51 +1,79 @@
-"""Keep the LSTM cell state in float inside an otherwise int8 graph.
+"""The parts of an otherwise int8 graph that stay float, one policy for every format.
 
-The cell state c is an unbounded accumulator (c = f*c + i*g). Measured on the distilled tiny: block 0's c
-spans -47..+140 while its rms is ~7, so one int8 per-tensor scale has a step of ~0.7, and the rounding error
-feeds back every hop. Quantizing that state alone drops the step's output to 11.5 dB SNR vs float
-(docs/bundle.md). The ops fed by c (f*c, the add, tanh(c), o*tanh(c)) and the state tensor itself stay
-float: four elementwise ops on `width` values per block and hop. Every Linear (all of the MACs) stays int8.
+- The LSTM cell state c is an unbounded accumulator (c = f*c + i*g). Measured on the distilled tiny: block 0's
+  c spans -47..+140 while its rms is ~7, so one int8 per-tensor scale has a step of ~0.7, and the rounding
+  error feeds back every hop. Quantizing that state alone drops the step's output to 11.5 dB SNR vs float
+  (docs/bundle.md). The ops fed by c (f*c, the add, tanh(c), o*tanh(c)) and the state itself stay float.
+- With per-frame level normalisation (`E3NetConfig.frame_level_dbfs`) the signals at the input's own level
+  stay float: the hop and the previous hop (`enc_buf`), the frame's power and gain, the scaled window up to
+  the encoder's Linears, and from the decoder's Linears on the scaling back and the carried `dec_tail`. An
+  int8 scale there would again depend on the input level, which is what the normalisation removes.
+Both are a few elementwise ops per hop; every Linear (all of the MACs) stays int8.
 """
 
 from __future__ import annotations
 
 import re
 
-import torch
-
 CELL_STATE = re.compile(r"c\d+")
-_FLOAT_OPS = {torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor, torch.ops.aten.tanh.default}
+LEVEL_INPUTS = ("hop", "enc_buf", "dec_tail")
+# elementwise ops through which a float input's path is followed (PT2E aten targets by name; ONNX op types)
+_ATEN_OPS = {"aten.mul.Tensor", "aten.add.Tensor", "aten.tanh.default", "aten.mean.dim", "aten.rsqrt.default"}
+_ATEN_OPS |= {"aten.clamp.default", "aten.reciprocal.default"}
+_ONNX_OPS = {"Mul", "Add", "Tanh", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Clip", "Min", "Pow"}
 _ANNOTATION = "quantization_annotation"
 
 
-def cell_state_inputs(input_names: list[str]) -> set[int]:
-    """Positions of the cell-state inputs (c0, c1, ...) among the step's inputs."""
-    return {k for k, name in enumerate(input_names) if CELL_STATE.fullmatch(name)}
+def float_inputs(step) -> set[str]:
+    """Names of the step's inputs whose paths stay float: the cell states, and the level-dependent signals
+    when the step normalises each frame's level."""
+    names = set(step.io.input_names)
+    out = {n for n in names if CELL_STATE.fullmatch(n)}
+    if step.cfg.frame_level_dbfs is not None:
+        out |= names & set(LEVEL_INPUTS)
+    return out
 
 
-def strip_cell_state_annotations(model: torch.fx.GraphModule, c_inputs: set[int]) -> None:
-    """Remove the quantization annotations of every op fed (directly or through such ops) by a cell-state
-    input, so prepare_pt2e leaves them float."""
+def strip_float_path_annotations(model, inputs: set[str], input_names: list[str]) -> None:
+    """Remove the quantization annotations of every op fed (directly or through such ops) by one of `inputs`,
+    so prepare_pt2e leaves them float."""
+    import torch
+
     placeholders = [n for n in model.graph.nodes if n.op == "placeholder"]
-    marked = {placeholders[k] for k in c_inputs}
+    marked = {p for p, name in zip(placeholders, input_names, strict=False) if name in inputs}
     for node in model.graph.nodes:
-        if node.op != "call_function" or node.target not in _FLOAT_OPS:
+        if node.op != "call_function" or str(node.target) not in _ATEN_OPS:
             continue
         if any(isinstance(a, torch.fx.Node) and a in marked for a in node.args):
             marked.add(node)
             node.meta.pop(_ANNOTATION, None)
 
 
-def with_float_cell_state(quantizer, input_names: list[str]):
+def with_float_paths(quantizer, step):
     """The same quantizer object (litert-torch checks its type and config), annotating as before and then
-    leaving the cell-state path float."""
-    c_inputs = cell_state_inputs(input_names)
+    leaving the float paths of `step` float."""
+    inputs, names = float_inputs(step), list(step.io.input_names)
     annotate = quantizer.annotate
 
-    def annotate_keeping_cell_state_float(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    def annotate_keeping_float_paths(model):
         model = annotate(model)
-        strip_cell_state_annotations(model, c_inputs)
+        strip_float_path_annotations(model, inputs, names)
         return model
 
-    quantizer.annotate = annotate_keeping_cell_state_float
+    quantizer.annotate = annotate_keeping_float_paths
     return quantizer
+
+
+def onnx_float_nodes(path, step) -> list[str]:
+    """Names of the ONNX nodes on the same float paths (for quantize_static's nodes_to_exclude)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    inputs = float_inputs(step)
+    marked = {i.name for i in graph.input if i.name in inputs}
+    names = []
+    for node in graph.node:  # ONNX nodes are stored in topological order
+        if node.op_type in _ONNX_OPS and marked.intersection(node.input):
+            marked.update(node.output)
+            names.append(node.name)
+    return names

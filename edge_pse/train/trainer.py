@@ -69,10 +69,21 @@ class TrainConfig:
     noisy_dir: str | None = None  # noisy_only on real recordings (DIR/SPK/...) instead of the generated mixtures
     recipe: str = "standard"  # train/recipes.py: the mixtures of each stage
     conditioning: str | None = None  # override the preset's speaker conditioning (model/config.py)
+    frame_level: str | None = None  # override the preset's per-frame level normalisation: "off" or a dBFS target
     val_pairs: int = 32  # two-talker validation pairs: right- and swapped-speaker SI-SNRi, their gap
     stop_at: int = 0  # stop (and save) at this step, leaving the run resumable on its full schedule
     device: str = "cpu"  # where the model trains ("cuda" on an accelerator); the data is always made on the CPU
     workers: int = 0  # processes making batches ahead of the training step (0: made in the loop)
+
+    @property
+    def frame_level_dbfs(self) -> float | None:
+        """The override as E3NetConfig.frame_level_dbfs (only meaningful when `frame_level` is set)."""
+        if self.frame_level in (None, "off"):
+            return None
+        try:
+            return float(self.frame_level)
+        except ValueError:
+            raise EdgePseError(f"--frame-level-dbfs takes a dBFS number or 'off', not {self.frame_level!r}") from None
 
     def __post_init__(self) -> None:
         get_recipe(self.recipe)
@@ -82,6 +93,11 @@ class TrainConfig:
             raise EdgePseError("the ASR loss runs on the CPU only: drop --asr-loss-weight or train with --device cpu")
         if self.conditioning is not None and self.conditioning not in CONDITIONINGS:
             raise EdgePseError(f"--conditioning must be one of {', '.join(CONDITIONINGS)}")
+        if self.frame_level is not None:
+            try:
+                replace(get_preset(self.preset), frame_level_dbfs=self.frame_level_dbfs)
+            except (ValueError, KeyError) as e:
+                raise EdgePseError(f"--frame-level-dbfs: {e}") from None
         if not 0.0 <= self.kd_weight <= 1.0:
             raise EdgePseError("--kd-weight must be within [0, 1]")
         if self.kd_weight > 0 and not self.teacher:
@@ -94,6 +110,10 @@ class TrainConfig:
             raise EdgePseError("a folder of noisy recordings needs noisy_only (no clean reference to train on)")
         if self.steps <= 0 or self.batch <= 0:
             raise EdgePseError("--steps and --batch must be positive")
+
+
+def _level(cfg: E3NetConfig) -> str:
+    return "off" if cfg.frame_level_dbfs is None else f"{cfg.frame_level_dbfs:g}"
 
 
 def _rank_world() -> tuple[int, int]:
@@ -145,6 +165,8 @@ class Trainer:
         mcfg_model = get_preset(cfg.preset)
         if cfg.conditioning:
             mcfg_model = replace(mcfg_model, conditioning=cfg.conditioning)
+        if cfg.frame_level is not None:
+            mcfg_model = replace(mcfg_model, frame_level_dbfs=cfg.frame_level_dbfs)
         self.device = torch.device(cfg.device)
         self.model = E3Net(mcfg_model)
         # standardise by the training speakers' d-vectors (a resumed or --init run loads its own statistics)
@@ -164,6 +186,7 @@ class Trainer:
         self.best = -math.inf
         self.history: list[dict] = []
         self.lineage: list[dict] = []  # earlier training stages of the weights this run started from (--init)
+        self.events: list[dict] = []  # changes made to a resumed run (a switched frame level normalisation)
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -179,6 +202,8 @@ class Trainer:
         extra = {"train_config": asdict(self.cfg), "step": self.step, "best_val": self.best, "history": self.history}
         if self.lineage:
             extra["lineage"] = self.lineage
+        if self.events:
+            extra["events"] = self.events
         if with_optimizer:
             extra["optimizer"] = self.opt.state_dict()
         save_checkpoint(path or self.last_path, self.model, self.cfg.preset, extra=extra, half=half)
@@ -192,7 +217,14 @@ class Trainer:
         if payload.get("format") != FORMAT or payload.get("preset") != self.cfg.preset:
             raise EdgePseError(f"{path} is not a {self.cfg.preset} edge-pse checkpoint")
         saved_cfg = E3NetConfig.from_dict(payload.get("config", {}))
-        if saved_cfg != self.model.cfg:
+        level_switch = saved_cfg.frame_level_dbfs != self.model.cfg.frame_level_dbfs
+        if level_switch and self.cfg.frame_level is None:
+            raise EdgePseError(
+                f"{path} was trained with frame_level_dbfs {_level(saved_cfg)}, the preset has "
+                f"{_level(self.model.cfg)}: pass --frame-level-dbfs {_level(saved_cfg)} to continue it as it was, "
+                f"or --frame-level-dbfs {_level(self.model.cfg)} to continue it with that (same weights)"
+            )
+        if replace(saved_cfg, frame_level_dbfs=self.model.cfg.frame_level_dbfs) != self.model.cfg:
             raise EdgePseError(
                 f"{path} holds a {saved_cfg.conditioning}-conditioned {self.cfg.preset}, this run trains "
                 f"{self.model.cfg.conditioning}: pass --conditioning {saved_cfg.conditioning} to continue it, "
@@ -217,6 +249,11 @@ class Trainer:
         self.best = float(extra.get("best_val", -math.inf))
         self.history = list(extra.get("history", []))
         self.lineage = list(extra.get("lineage", []))
+        self.events = list(extra.get("events", []))
+        if level_switch:  # the weights fit either way; the checkpoint and the log say where the run changed
+            self.events.append(
+                {"step": self.step, "event": f"frame_level_dbfs {_level(saved_cfg)} -> {_level(self.model.cfg)}"}
+            )
         return True
 
     def init_from(self, source: str | Path) -> None:
@@ -224,7 +261,8 @@ class Trainer:
         model, payload = load_model(source)
         if payload["preset"] != self.cfg.preset:
             raise EdgePseError(f"--init {source} is a {payload['preset']} checkpoint, not {self.cfg.preset}")
-        if model.cfg != self.model.cfg:
+        # the frame level normalisation has no weights: a fine-tune may add or change it (the run's own setting)
+        if replace(model.cfg, frame_level_dbfs=self.model.cfg.frame_level_dbfs) != self.model.cfg:
             raise EdgePseError(
                 f"--init {source} is a {model.cfg.conditioning}-conditioned {self.cfg.preset}; this run trains "
                 f"{self.model.cfg.conditioning} (pass --conditioning {model.cfg.conditioning} to fine-tune it)"
@@ -375,6 +413,10 @@ class Trainer:
 
         self.out.mkdir(parents=True, exist_ok=True)
         log = (self.out / "log.jsonl").open("a") if self.rank == 0 else None
+        if log:
+            for event in self.events:
+                if event["step"] == self.step:  # made by this session's resume
+                    log.write(json.dumps(event) + "\n")
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
