@@ -429,8 +429,8 @@ def export_bundle(
                 worst = max(r.levels, key=lambda k: r.levels[k].si_sdri_drop_db)
                 lines.append(
                     f"{r.exported.path.name} ({r.exported.quantization}): SNR vs float {r.snr_db:.1f} dB "
-                    f"(min {min_snr:g}), SI-SDRi drop {r.si_sdri_drop_db:.2f} dB (max {max_drop:g}, "
-                    f"worst at {worst:g} dBFS)"
+                    f"(min {min_snr:g}), SI-SDRi drop {r.si_sdri_drop_db:.2f} dB (max {max_drop:g}); "
+                    f"worst at {worst:g} dBFS"
                 )
             raise GateFailed(results, ref_sdri, "accuracy gate failed, no bundle written:\n  " + "\n  ".join(lines))
         (tmp / LOCK).unlink(missing_ok=True)  # not part of the bundle; the open descriptor keeps the lock
