@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import numpy as np
 import torch
@@ -15,21 +14,22 @@ import torch
 from edge_pse.model.config import PRESETS
 from edge_pse.model.e3net import E3Net
 from edge_pse.model.step import E3NetStep
+from edge_pse.runtime.stats import latency_summary, rtf, time_hops
 
 
 def time_step(step: E3NetStep, hops: int, warmup: int) -> np.ndarray:
+    """ns per call of the step, its state carried, timed by the project's one timer (runtime/stats.py)."""
     cfg = step.cfg
     spk = torch.randn(1, cfg.spk_dim)
     state = step.initial_state(1)
     audio = torch.randn(hops + warmup, 1, cfg.hop) * 0.1
-    times = []
+
+    def process(hop: torch.Tensor) -> None:
+        nonlocal state
+        _, *state = step(hop, spk, *state)
+
     with torch.inference_mode():
-        for i in range(hops + warmup):
-            t0 = time.perf_counter()
-            _, *state = step(audio[i], spk, *state)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return np.asarray(times) * 1e6
+        return time_hops(process, audio, hops, warmup)
 
 
 def main() -> None:
@@ -41,9 +41,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, 1 thread, {platform.processor() or platform.machine()}, {args.hops} hops")
     print(f"{'preset':8} {'median us':>10} {'p99 us':>8} {'RTF':>7}")
     for name, cfg in PRESETS.items():
-        t = time_step(E3NetStep(E3Net(cfg)).eval(), args.hops, args.warmup)
-        med = float(np.median(t))
-        print(f"{name:8} {med:10.0f} {np.percentile(t, 99):8.0f} {med / (1e6 * cfg.hop / cfg.sample_rate):7.3f}")
+        ns = time_step(E3NetStep(E3Net(cfg)).eval(), args.hops, args.warmup)
+        lat = latency_summary(ns)
+        factor = rtf(int(ns.sum()), args.hops * cfg.hop / cfg.sample_rate)
+        print(f"{name:8} {lat['p50']:10.0f} {lat['p99']:8.0f} {factor:7.3f}")
 
 
 if __name__ == "__main__":

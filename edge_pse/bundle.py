@@ -23,6 +23,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 FORMATS = ("pte", "tflite", "onnx")
 QUANTIZATIONS = ("fp32", "int8-ptq", "int8-qat")
+MODES = {"ptq": "int8-ptq", "qat": "int8-qat", "fp32": "fp32"}  # export --mode -> the files' quantization
 _REQUIRED = ("schema", "schema_version", "preset", "config", "sample_rate", "hop", "speaker", "io", "files")
 DIGEST_KEY = "manifest_sha256"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024

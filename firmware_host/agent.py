@@ -38,6 +38,7 @@ import numpy as np
 
 from edge_pse import __version__
 from edge_pse.errors import EdgePseError
+from edge_pse.runtime.session import WARMUP_HOPS  # the same warm-up as a local session
 from firmware_host import protocol as P
 from firmware_host.protocol import T
 from firmware_host.store import Store, Upload
@@ -53,7 +54,6 @@ MAX_FAILED_LOGINS = 5  # per address within FAILED_LOGIN_WINDOW_S; more and the 
 FAILED_LOGIN_WINDOW_S = 60.0
 MAX_TRACKED_ADDRESSES = 4096
 RESUME_WINDOW = 512  # output hops kept per session for a resumed stream (5.12 s of audio)
-WARMUP_HOPS = 5
 MAX_THREADS = 64
 REPORT_BYTES = 3 * 1024 * 1024  # bench report files returned in one REPLY (its cap is 4 MiB)
 # accept() failures that pass (descriptor or memory exhaustion, a peer that gave up while queued): back off, go on
@@ -476,6 +476,7 @@ def _importable(backend: str) -> bool:
 def _probe(bundle, backend: str | None, threads: int, hops: int) -> dict:
     """Per-hop model-call time after warm-up on a fixed pseudo-random signal: the numbers a deploy decision needs."""
     from edge_pse.runtime.backends import open_backend
+    from edge_pse.runtime.stats import latency_summary, rtf, time_hops
 
     t0 = time.perf_counter_ns()
     be = open_backend(bundle, backend, threads=threads)
@@ -483,17 +484,8 @@ def _probe(bundle, backend: str | None, threads: int, hops: int) -> dict:
     rng = np.random.default_rng(0)
     be.set_speaker(rng.random(int(bundle.manifest["speaker"]["dim"])).astype(np.float32))
     x = (0.1 * rng.standard_normal(int(bundle.manifest["hop"]) * 64)).astype(np.float32).reshape(64, -1)
-    for i in range(WARMUP_HOPS * 4):
-        be.process(x[i % 64])
-    ns = np.empty(hops, np.int64)
-    clock = time.perf_counter_ns
-    for i in range(hops):
-        t = clock()
-        be.process(x[i % 64])
-        ns[i] = clock() - t
-    us = ns / 1e3
-    p50, p90, p99 = np.percentile(us, [50, 90, 99])
-    hop_us = 1e6 * int(bundle.manifest["hop"]) / int(bundle.manifest["sample_rate"])
+    ns = time_hops(be.process, x, hops, warmup=WARMUP_HOPS * 4)
+    hop_s = int(bundle.manifest["hop"]) / int(bundle.manifest["sample_rate"])
     return {
         "backend": be.name,
         "model_file": be.entry.path if be.entry else None,
@@ -501,8 +493,8 @@ def _probe(bundle, backend: str | None, threads: int, hops: int) -> dict:
         "threads": threads,
         "hops": hops,
         "load_ms": round(load_ms, 2),
-        "per_hop_us": {"p50": round(p50, 2), "p90": round(p90, 2), "p99": round(p99, 2), "max": round(us.max(), 2)},
-        "rtf": round(float(us.mean()) / hop_us, 5),
+        "per_hop_us": latency_summary(ns),
+        "rtf": rtf(int(ns.sum()), hops * hop_s),
     }
 
 

@@ -372,7 +372,7 @@ def remote_run(
     from edge_pse.runtime import audio_io
     from edge_pse.runtime.runner import BlockSink, BlockSource
     from edge_pse.runtime.session import load_speaker
-    from edge_pse.runtime.stats import HopStats
+    from edge_pse.runtime.stats import HopStats, rtf
 
     out_path = audio_io.check_output_path(output_path)
     audio_io.check_distinct({"input": input_path, "speaker": speaker_path}, {"output": out_path, "stats": stats_path})
@@ -412,7 +412,7 @@ def remote_run(
             "device": st.get("machine"),
             **{k: v for k, v in info.items() if k != "session"},
             **stats.summary(),
-            "rtf": round(stats.busy_ns() / 1e9 / audio_s, 5),
+            "rtf": rtf(stats.busy_ns(), audio_s),
             "host_wall_s": round(wall_ns / 1e9, 3),
             "reconnects": reconnects,
             "output_clipped": sink.clipped,

@@ -30,9 +30,10 @@ def shipped_tiny() -> E3NetStep:
 
 @pytest.fixture(scope="module")
 def clips():
+    from edge_pse import calibration_data
     from edge_pse.quant.calibration import load_calibration
 
-    calib = load_calibration(REPO / "calibration_data")
+    calib = load_calibration(calibration_data.folder())
     return calib.calibration, calib.heldout
 
 

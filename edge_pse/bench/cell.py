@@ -93,37 +93,21 @@ def measure(spec: dict, hops: int, warmup: int, deadline_us: float) -> dict:
     t0 = time.perf_counter()
     cell.process(x[0])
     first_hop_ms = (time.perf_counter() - t0) * 1e3
-    process, clock = cell.process, time.perf_counter_ns
-    for i in range(1, warmup):
-        process(x[i])
-    times = np.zeros(hops, np.int64)
-    import gc
+    from edge_pse.runtime.stats import latency_summary, rtf, time_hops
 
-    gc.collect()
-    gc.disable()  # a collection inside the loop would be charged to whichever hop it hit
-    cpu0, wall0 = time.process_time_ns(), clock()
-    for i in range(hops):
-        t = clock()
-        process(x[warmup + i])
-        times[i] = clock() - t
-    wall, cpu = clock() - wall0, time.process_time_ns() - cpu0
-    gc.enable()
+    frames = x[1:]  # the first hop was timed on its own above
+    cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
+    times = time_hops(cell.process, frames, hops, warmup=max(warmup - 1, 0))
+    wall, cpu = time.perf_counter_ns() - wall0, time.process_time_ns() - cpu0
     us = times / 1e3
     hop_us = cell.hop / cell.sample_rate * 1e6
     deadline_us = deadline_us * hop_us / REFERENCE_HOP_US
-    p50, p90, p99 = np.percentile(us, [50, 90, 99])
     return {
         "hops": hops,
         "warmup": warmup,
-        "latency_us": {
-            "p50": round(float(p50), 2),
-            "p90": round(float(p90), 2),
-            "p99": round(float(p99), 2),
-            "max": round(float(us.max()), 2),
-            "mean": round(float(us.mean()), 2),
-        },
+        "latency_us": latency_summary(times),
         "latency_cdf_us": [round(float(v), 2) for v in np.percentile(us, np.linspace(0, 100, CDF_POINTS))],
-        "rtf": float(f"{float(us.mean()) / hop_us:.4g}"),
+        "rtf": rtf(int(times.sum()), hops * hop_us / 1e6),
         "deadline_us": round(deadline_us, 1),
         "deadline_misses": int((us > deadline_us).sum()),
         "cpu_util_pct": round(100.0 * cpu / wall, 1),

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edge_pse.bundle import FORMATS, MODES
 from edge_pse.errors import EdgePseError
 
-FORMATS = ("pte", "tflite", "onnx")
-MODES = ("ptq", "qat", "fp32")
 STUDENTS = ("tiny", "small", "teacher")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CALIBRATION = REPO_ROOT / "calibration_data"
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -47,14 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--student", choices=STUDENTS, default=None, help="shipped checkpoint to export (default tiny)")
     src.add_argument("--checkpoint", type=Path, help="a checkpoint file written by edge-pse (instead of --student)")
-    p.add_argument("--mode", choices=MODES, default="ptq", help="int8 post-training (default), int8 QAT, or fp32")
+    p.add_argument(
+        "--mode", choices=tuple(MODES), default="ptq", help="int8 post-training (default), int8 QAT, or fp32"
+    )
     p.add_argument("--formats", type=_formats, default=FORMATS, help="comma list of pte,tflite,onnx (default all)")
     p.add_argument(
         "--calibration",
         type=Path,
-        default=DEFAULT_CALIBRATION,
+        default=None,
         help="folder of calibration .npz files, or a data root with speech/<SPEAKER>/*.flac and noise/ "
-        "(default: the committed synthetic set in calibration_data/)",
+        "(default: the committed synthetic set shipped in edge_pse/calibration_data/)",
     )
     p.add_argument("--output", type=Path, help="bundle folder (default artifacts/<student>-<mode>/)")
     p.add_argument("--clips", type=_positive_int, default=24, help="clips to mix when --calibration is a data root")
@@ -94,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
                 f"the shipped {name} checkpoint ({ckpt}) does not exist yet: train it first "
                 "(edge-pse train / distill) or pass --checkpoint PATH"
             )
+    if args.calibration is None:
+        from edge_pse import calibration_data
+
+        args.calibration = calibration_data.folder()
     if not args.calibration.is_dir():
         raise EdgePseError(f"calibration directory {args.calibration} not found")
     out = args.output or Path("artifacts") / f"{name}-{args.mode}"  # beside where the user runs it

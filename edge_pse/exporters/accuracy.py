@@ -3,7 +3,6 @@ compare with the PyTorch float step (SNR vs float, SI-SDRi and its drop), time i
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -66,18 +65,14 @@ def run_backend(backend, clips: list[Clip], hop: int) -> list[np.ndarray]:
 
 
 def latency_us(backend, clip: Clip, hop: int, hops: int = 400, warmup: int = 40) -> tuple[float, float]:
-    """Median and p99 of one `process` call (1 hop), in microseconds."""
+    """Median and p99 of one `process` call (1 hop), in microseconds (runtime/stats.py's definitions)."""
+    from edge_pse.runtime.stats import latency_summary, time_hops
+
     backend.reset()
     backend.set_speaker(clip.spk)
-    n = clip.mixture.size // hop
-    times = np.empty(hops)
-    for t in range(warmup + hops):
-        x = clip.mixture[(t % n) * hop : (t % n + 1) * hop]
-        t0 = time.perf_counter_ns()
-        backend.process(x)
-        if t >= warmup:
-            times[t - warmup] = (time.perf_counter_ns() - t0) / 1e3
-    return float(np.median(times)), float(np.percentile(times, 99))
+    frames = clip.mixture[: clip.mixture.size // hop * hop].reshape(-1, hop)
+    lat = latency_summary(time_hops(backend.process, frames, hops, warmup))
+    return lat["p50"], lat["p99"]
 
 
 def trim(outputs: list[np.ndarray], clips: list[Clip], hop: int) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_pse.bundle import SCHEMA, SCHEMA_VERSION, Bundle, FileEntry, seal_manifest, sha256_file
+from edge_pse.bundle import FORMATS, MODES, SCHEMA, SCHEMA_VERSION, Bundle, FileEntry, seal_manifest, sha256_file
 from edge_pse.errors import EdgePseError
 from edge_pse.exporters import accuracy
 from edge_pse.exporters.accuracy import Tolerance
@@ -27,8 +27,6 @@ from edge_pse.model.config import state_spec
 from edge_pse.model.step import E3NetStep, run_step
 from edge_pse.quant.calibration import CalibrationSet, Clip, at_level
 
-FORMATS = ("pte", "tflite", "onnx")
-MODES = {"fp32": "fp32", "ptq": "int8-ptq", "qat": "int8-qat"}
 TOOLCHAIN = ("edge-pse", "torch", "torchao", "executorch", "litert-torch", "ai-edge-litert", "onnx", "onnxruntime")
 WEIGHTS = "weights.pt"
 DEFAULT_FRAME_LEVEL_DBFS = -20.0  # the presets' (model/config.py)
@@ -97,13 +95,13 @@ def toolchain_versions() -> dict[str, str]:
     return out
 
 
-def _speaker_info() -> dict:
+def _speaker_info(cfg) -> dict:
     try:
         from edge_pse.enroll.dvector import ENCODER_NAME, encoder_version
 
-        return {"dim": 256, "encoder": ENCODER_NAME, "encoder_version": encoder_version()}
+        return {"dim": cfg.spk_dim, "encoder": ENCODER_NAME, "encoder_version": encoder_version()}
     except ImportError:
-        return {"dim": 256, "encoder": "resemblyzer", "encoder_version": "unknown"}
+        return {"dim": cfg.spk_dim, "encoder": "resemblyzer", "encoder_version": "unknown"}
 
 
 # ------------------------------------------------------------------------------------------------- stages
@@ -233,7 +231,7 @@ def manifest(
             "config": cfg.to_dict(),
             "sample_rate": cfg.sample_rate,
             "hop": cfg.hop,
-            "speaker": _speaker_info(),
+            "speaker": _speaker_info(cfg),
             "io": state_spec(cfg).to_dict(),
             "files": [f.to_dict() for f in files],
             "reference": {"path": WEIGHTS, "sha256": sha256_file(weights), "bytes": weights.stat().st_size},

@@ -2,7 +2,7 @@
 
 PTQ observers and the accuracy gate both need audio the step really sees in use: a noisy mixture and the
 d-vector of the talker to keep. Three sources, one in-memory form (`Clip`):
-- `.npz` files written by `save_npz` (the small committed set in calibration_data/ is one);
+- `.npz` files written by `save_npz` (the small committed set in edge_pse/calibration_data/ is one);
 - a user's data root with real speech and noise (`--calibration DIR`): the project's MixtureDataset when it
   is available, else a simple reader of `speech/**/SPK/*` and `noise/**` audio files mixed here;
 - `synthetic_clips`: speech-like signals made by the project's own code (no third-party audio), used to build

@@ -235,7 +235,7 @@ def _realtime_priority() -> Iterator[bool]:
 def run_live(backend, profile, *, hop: int, sample_rate: int, duration_s: float | None, tick=None, **devices) -> dict:
     """mic -> backend -> speaker until `duration_s` (or Ctrl-C); returns the stats dict."""
     from edge_pse.runtime.runner import collector_paused, stream
-    from edge_pse.runtime.stats import HopStats
+    from edge_pse.runtime.stats import HopStats, rtf
 
     hop_ns = hop * 1_000_000_000 // sample_rate
     stats = HopStats(60 * sample_rate // hop, int(profile.deadline_ms * 1e6))
@@ -272,7 +272,7 @@ def run_live(backend, profile, *, hop: int, sample_rate: int, duration_s: float 
             "hop_us": hop_ns / 1e3,
             "audio_s": round(stats.hops * hop / sample_rate, 3),
             "wall_s": round(wall, 3),
-            "rtf": round(busy_ns / 1e9 / max(stats.hops * hop / sample_rate, 1e-9), 5),
+            "rtf": rtf(busy_ns, stats.hops * hop / sample_rate),
             "passed_through": stats.passed_through,
             "skipped": stats.skipped,
             "output_clipped": live.quantize.clipped,

@@ -49,19 +49,53 @@ class HopStats:
         total, model = self._recorded()
         out = {"hops": self.hops, "deadline_us": self.deadline_ns / 1e3, "deadline_misses": self.misses}
         for name, arr in (("per_hop_us", total), ("model_us", model), ("overhead_us", total - model)):
-            out[name] = _percentiles(arr)
+            out[name] = latency_summary(arr)
         return out
 
 
-def _percentiles(ns: np.ndarray) -> dict:
+# One definition for every report (bench cells, export report, run --stats, live, the device agent): these
+# percentiles of the per-call times, in microseconds, and RTF = busy time / audio time, where busy time is the
+# sum of the timed calls (docs/runtime.md, "Timing").
+PERCENTILES = (50, 90, 95, 99)
+
+
+def latency_summary(ns: np.ndarray) -> dict:
+    """p50, p90, p95, p99, max and mean of per-call times given in ns, in microseconds."""
+    keys = [f"p{q}" for q in PERCENTILES] + ["max", "mean"]
     if len(ns) == 0:
-        return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
-    us = ns / 1e3
-    p50, p95, p99 = np.percentile(us, [50, 95, 99])
-    return {
-        "p50": round(float(p50), 2),
-        "p95": round(float(p95), 2),
-        "p99": round(float(p99), 2),
-        "max": round(float(us.max()), 2),
-        "mean": round(float(us.mean()), 2),
-    }
+        return dict.fromkeys(keys)
+    us = np.asarray(ns, dtype=np.float64) / 1e3
+    values = [*np.percentile(us, PERCENTILES), us.max(), us.mean()]
+    return {k: round(float(v), 2) for k, v in zip(keys, values, strict=True)}
+
+
+def rtf(busy_ns: float, audio_s: float) -> float:
+    """Real-time factor: time spent on the timed calls over the audio's duration (< 1 keeps up)."""
+    return float(f"{busy_ns / 1e9 / max(audio_s, 1e-12):.4g}")  # 4 significant digits: RTFs span 1e-5..1
+
+
+def time_hops(process, frames: np.ndarray, hops: int, warmup: int = 0) -> np.ndarray:
+    """`warmup` untimed calls, then `hops` timed calls of `process`, on the rows of `frames` in turn (cycled);
+    returns the timed calls' durations in ns. The cyclic garbage collector is paused while timing: a
+    collection would be charged to whichever call it hit."""
+    import gc
+    import time
+
+    n = len(frames)
+    for i in range(warmup):
+        process(frames[i % n])
+    clock = time.perf_counter_ns
+    times = np.empty(hops, np.int64)
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(hops):
+            x = frames[(warmup + i) % n]
+            t = clock()
+            process(x)
+            times[i] = clock() - t
+    finally:
+        if enabled:
+            gc.enable()
+    return times

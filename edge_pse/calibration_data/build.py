@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Build a calibration set (.npz) for `edge-pse export --calibration DIR`.
 
-  python calibration_data/build.py                       # the committed synthetic set (project code only)
-  python calibration_data/build.py --data ../shared/data --out DIR/real.npz --clips 48   # from real speech/noise
+  python -m edge_pse.calibration_data.build             # the committed synthetic set (project code only)
+  python -m edge_pse.calibration_data.build --data ../shared/data --out DIR/real.npz --clips 48   # real speech
 
-See calibration_data/README.md for what the set is and how it is split.
+See edge_pse/calibration_data/README.md for what the set is and how it is split.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HERE = Path(__file__).resolve().parent
 
