@@ -1,4 +1,4 @@
-"""ONNX Runtime (CPU), no torch. fp32 and QDQ int8 files both have float I/O."""
+"""ONNX Runtime (CPU), no torch. fp32 and int8 files both have float I/O."""
 
 from __future__ import annotations
 
