@@ -19,20 +19,14 @@ HIGHER_IS_BETTER["absent_level_db"] = False  # dB of output vs mixture when the 
 
 
 def streamer_enhancer(cell: Streamer) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """`enhance(mixture, embedding)` over a cell: reset, hop by hop, the lag's hops dropped so the output is
-    time-aligned with the mixture and exactly as long."""
-    hop, lag = cell.hop, cell.lag_hops
+    """`enhance(mixture, embedding)` over a cell: from a reset state, through the runtime's one loop
+    (runner.enhance), time-aligned with the mixture and exactly as long."""
+    from edge_pse.runtime.runner import enhance as run
 
     def enhance(mix: np.ndarray, emb: np.ndarray) -> np.ndarray:
-        n_hops = -(-len(mix) // hop) + lag
-        x = np.zeros(n_hops * hop, np.float32)
-        x[: len(mix)] = mix
-        y = np.empty_like(x)
         cell.set_speaker(emb)
         cell.reset()
-        for i in range(n_hops):
-            y[i * hop : (i + 1) * hop] = cell.process(x[i * hop : (i + 1) * hop])
-        return y[lag * hop : lag * hop + len(mix)].copy()
+        return run(cell, mix, cell.hop, cell.lag_hops).copy()
 
     return enhance
 

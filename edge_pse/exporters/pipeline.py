@@ -166,15 +166,17 @@ def export_format(
 
 
 def float_reference(step: E3NetStep, heldout: dict[float, list[Clip]]) -> dict[float, list[np.ndarray]]:
-    """The PyTorch float step's output on each held-out clip at each input level (the yardstick)."""
+    """The PyTorch float step's output on each held-out clip at each input level (the yardstick), lag
+    compensated as runner.enhance does: one zero hop flushed, the first hop dropped, the clip's length."""
     hop = step.cfg.hop
     refs = {}
     for level, clips in heldout.items():
         refs[level] = []
         for c in clips:
-            n = c.mixture.size // hop * hop
-            wave = torch.from_numpy(c.mixture[:n]).unsqueeze(0)
-            refs[level].append(run_step(step, wave, torch.from_numpy(c.spk).unsqueeze(0))[0].numpy())
+            wave = np.zeros((-(-c.mixture.size // hop) + 1) * hop, np.float32)
+            wave[: c.mixture.size] = c.mixture
+            out = run_step(step, torch.from_numpy(wave).unsqueeze(0), torch.from_numpy(c.spk).unsqueeze(0))
+            refs[level].append(out[0, hop : hop + c.mixture.size].numpy())
     return refs
 
 
@@ -198,7 +200,7 @@ def verify(
     hop = bundle.manifest["hop"]
     for level, clips in heldout.items():
         outs = accuracy.run_backend(backend, clips, hop)
-        sdri = accuracy.si_sdri(outs, clips, hop)
+        sdri = accuracy.si_sdri(outs, clips)
         snr = accuracy.snr_db(np.concatenate(refs[level]), np.concatenate(outs))
         result.levels[level] = LevelResult(snr, sdri, ref_sdri[level] - sdri)
     mid = heldout[sorted(heldout)[len(heldout) // 2]]
@@ -404,7 +406,7 @@ def export_bundle(
         ]
         results = {e.path.name: FileResult(e, e.path.stat().st_size) for e in exported}
         refs = float_reference(step, heldout)
-        ref_sdri = {level: accuracy.si_sdri(refs[level], heldout[level], step.cfg.hop) for level in heldout}
+        ref_sdri = {level: accuracy.si_sdri(refs[level], heldout[level]) for level in heldout}
         _write_json(
             tmp / "manifest.json", manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source)
         )
