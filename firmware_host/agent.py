@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import secrets
 import socket
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_pse import __version__
+from edge_pse.bench.machine import machine_info  # one description of a machine for every report
 from edge_pse.errors import EdgePseError
 from edge_pse.runtime.session import WARMUP_HOPS  # the same warm-up as a local session
 from firmware_host import protocol as P
@@ -368,7 +368,7 @@ class Agent:
         return {
             "agent": __version__,
             "protocol": P.VERSION,
-            "machine": machine_info(),
+            "machine": machine_info(probe=False),
             "backends": [n for n in BACKENDS if _importable(n)],
             **self.store.describe(),
             "sessions": len(self.sessions),
@@ -453,7 +453,11 @@ class Agent:
             raise EdgePseError("hops must be an int in 10..100000")
         with self.store.using_active() as bundle:
             cells = [_probe(bundle, b, t, hops) for b in backends for t in threads]
-            report = {"machine": machine_info(), "bundle": bundle.path.name, "preset": bundle.manifest.get("preset")}
+            report = {
+                "machine": machine_info(probe=False),
+                "bundle": bundle.path.name,
+                "preset": bundle.manifest.get("preset"),
+            }
             report["manifest"] = {
                 k: bundle.manifest[k] for k in ("config", "hop", "sample_rate") if k in bundle.manifest
             }
@@ -522,29 +526,6 @@ def _run_bench_cli(bundle_path: Path, req: dict) -> dict:
                 files[name] = p.read_text()
                 budget -= p.stat().st_size
         return {"available": True, "exit_code": res.returncode, "stderr": res.stderr[-4000:], "files": files}
-
-
-def machine_info() -> dict:
-    info = {
-        "hostname": platform.node(),
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "cores": os.cpu_count(),
-    }
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for key in ("model name", "Model", "CPU part"):
-            for line in text.splitlines():
-                if line.startswith(key):
-                    info.setdefault("cpu", line.split(":", 1)[1].strip())
-    except OSError:
-        pass
-    try:
-        info["board"] = Path("/proc/device-tree/model").read_text().strip("\0\n")
-    except OSError:
-        pass
-    return info
 
 
 class _Connection:

@@ -79,7 +79,7 @@ def _markdown(merged: dict, label: str) -> str:
         m = rep["machine"]
         lines += [
             "",
-            f"{m.get('board') or m.get('cpu', '?')} ({m['machine']}, {m['cores']} cores, Python {m['python']}), "
+            f"{m.get('board') or m.get('cpu_model') or '?'} ({m['arch']}, {m['cores']} cores, Python {m['python']}), "
             f"bundle `{rep['bundle']}` ({rep['preset']})",
             "",
             "| backend | quant | threads | measured p50 us | p99 us | RTF | predicted Pi 4 us | predicted Pi 5 us |",

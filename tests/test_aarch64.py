@@ -150,7 +150,7 @@ def test_emulated_aarch64_agent_matches_x86(emulated_agent: str, int8_bundle: Pa
             emulated_agent, token, demo.path(demo.MIXTURE), out, demo.path(demo.SPEAKER), backend=name
         )
         took = time.perf_counter() - t0
-        assert stats["device"]["machine"] == "aarch64" and stats["quantization"].startswith("int8")
+        assert stats["device"]["arch"] == "aarch64" and stats["quantization"].startswith("int8")
         arm = sf.read(out, dtype="int16")[0].astype(np.float64)
         x86 = local_pcm(int8_bundle, name).astype(np.float64)
         assert arm.shape == x86.shape

@@ -60,8 +60,10 @@ def speed_probe_us(repeats: int = 200) -> float:
     return round(float(np.median(times)) / 1e3, 2)
 
 
-def machine_info() -> dict:
-    """A JSON-ready description of this machine (fields that cannot be read are None)."""
+def machine_info(probe: bool = True) -> dict:
+    """A JSON-ready description of this machine (fields that cannot be read are None): what every report
+    (bench, the device agent's status and probes) says about where it ran. `probe`: run the speed probe
+    (~25 ms on a desktop core; the agent's status replies leave it out)."""
     governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
     max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -78,5 +80,5 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "versions": versions(),
         "load_avg": [round(x, 2) for x in load] if load else None,
-        "speed_probe_us": speed_probe_us(),
+        "speed_probe_us": speed_probe_us() if probe else None,
     }
