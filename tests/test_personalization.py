@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 CAMPAIGN_TINY = Path(__file__).resolve().parent.parent / "campaign" / "tiny-pse" / "best.pt"
-# Measured on these 6 mixtures (2026-12-06, best.pt at step 37000): right +2.51 dB, swapped -5.87 dB (gap 8.4 dB).
+# Measured on these 6 mixtures (2026-12-06): best.pt at step 37000 right +2.51 dB, swapped -5.87 dB; at step
+# 46000 right +2.36 dB, swapped -6.63 dB (gap 9.0 dB).
 # The margins are about half of that; a model that ignores the speaker scores the same with both profiles (gap
 # ~0) and fails.
 MIN_GAP_DB = 4.0
