@@ -176,3 +176,19 @@ def test_split_assignment_is_pinned() -> None:
         "tts-espeak/en-us+m3-p40-s160": "train",
     }
     assert {k: split_of(k) for k in golden} == golden
+
+
+def test_calibration_clips_use_the_data_packages_conditions_and_the_runtimes_int16_scale(tmp_path) -> None:
+    """One set of condition names (the committed file's older names are read as these) and one int16 scale
+    (2^15, the front-end's): a saved clip loads back within half an LSB."""
+    from edge_pse import calibration_data
+    from edge_pse.data.mixtures import CONDITIONS
+    from edge_pse.quant.calibration import Clip, load_calibration, load_npz, save_npz
+
+    calib = load_calibration(calibration_data.folder())
+    assert {c.condition for c in calib.calibration + calib.heldout} == {"noise", "interferer", "both"}
+    assert {"noise", "interferer", "both"} <= set(CONDITIONS)
+    x = np.random.default_rng(0).uniform(-0.9, 0.9, 1000).astype(np.float32)
+    save_npz(tmp_path / "c.npz", [Clip(x, np.ones(256, np.float32), x, "noise", False)])
+    back = load_npz(tmp_path / "c.npz")[0]
+    assert np.abs(back.mixture - x).max() <= 0.5 * 2.0**-15 + 1e-9

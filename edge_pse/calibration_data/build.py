@@ -22,7 +22,7 @@ def main() -> int:
     from edge_pse.quant.calibration import clips_from_audio_root, save_npz, synthetic_clips
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, help="data root with speech/<SPEAKER>/*.flac and noise/ (default: synthetic)")
+    p.add_argument("--data", type=Path, help="a data root (../shared/data's layout; default: synthetic clips)")
     p.add_argument("--out", type=Path, default=HERE / "synthetic.npz")
     p.add_argument("--clips", type=int, default=18, help="clips in all; a quarter (synthetic: 6) is held out")
     p.add_argument("--seconds", type=float, default=2.0)
@@ -33,7 +33,7 @@ def main() -> int:
             n_held = max(2, args.clips // 3)
             clips = synthetic_clips(args.clips - n_held, n_held, args.seconds, args.seed, embed)
         else:
-            clips = clips_from_audio_root(args.data, args.clips, args.seconds, args.seed, embed)
+            clips = clips_from_audio_root(args.data, args.clips, args.seconds, args.seed)
     except EdgePseError as e:
         print(f"build.py: error: {e}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--calibration",
         type=Path,
         default=None,
-        help="folder of calibration .npz files, or a data root with speech/<SPEAKER>/*.flac and noise/ "
+        help="folder of calibration .npz files, or a data root laid out like ../shared/data (speech/, noise/, rir/) "
         "(default: the committed synthetic set shipped in edge_pse/calibration_data/)",
     )
     p.add_argument("--output", type=Path, help="bundle folder (default artifacts/<student>-<mode>/)")

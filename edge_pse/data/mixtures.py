@@ -21,7 +21,7 @@ import soxr
 from scipy import signal
 
 from edge_pse.data.sources import SAMPLE_RATE, Sources, Speaker, audio_files, load_audio, load_sources
-from edge_pse.data.synth import procedural_noise, simulated_rir
+from edge_pse.data.synth import procedural_noise, rms, simulated_rir
 from edge_pse.errors import EdgePseError
 
 CONDITIONS = ("noise", "interferer", "both", "absent", "reverberant")
@@ -69,10 +69,6 @@ class Example:
     meta: dict = field(default_factory=dict)
     # another speaker's d-vector for the swap test: the interferer's when it has one, else another speaker's
     other_embedding: np.ndarray | None = None
-
-
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
 
 
 def _window(length: int, n: int, rng: np.random.Generator) -> int:
@@ -238,7 +234,7 @@ class MixtureDataset:
             return procedural_noise(n, rng), "procedural"
         k = int(rng.integers(len(self.sources.noises)))
         x = _crop(self.sources.noises[k], n, rng)
-        if _rms(x) < 1e-4:  # a silent stretch of a recording: fall back to procedural noise
+        if rms(x) < 1e-4:  # a silent stretch of a recording: fall back to procedural noise
             return procedural_noise(n, rng), "procedural"
         return x, f"noise#{k}"
 
@@ -267,7 +263,7 @@ class MixtureDataset:
             "enroll": list(self._options[s][o]),
         }
         target = target.astype(np.float32)
-        target *= 10 ** (rng.uniform(*cfg.level_dbfs) / 20) / _rms(target)
+        target *= 10 ** (rng.uniform(*cfg.level_dbfs) / 20) / rms(target)
         if condition != "absent" and cfg.partial_absence_prob and rng.random() < cfg.partial_absence_prob:
             target, meta["absence"] = _partial_absence(target, rng)  # levels stay set by the whole clip
         ref = target
@@ -290,12 +286,12 @@ class MixtureDataset:
             if reverberant:
                 talker = _reverb(talker, self._rir(rng)[0])
             sir = rng.uniform(*cfg.sir_db)
-            mixture += talker * (_rms(target) / _rms(talker) / 10 ** (sir / 20))
+            mixture += talker * (rms(target) / rms(talker) / 10 ** (sir / 20))
             meta.update(interferer=spk2.id, sir_db=round(float(sir), 2))
         if with_noise:
             noise, meta["noise"] = self._noise(rng)
             snr = rng.uniform(*cfg.snr_db)
-            mixture += noise * (_rms(target) / _rms(noise) / 10 ** (snr / 20))
+            mixture += noise * (rms(target) / rms(noise) / 10 ** (snr / 20))
             meta["snr_db"] = round(float(snr), 2)
         if condition == "absent":
             ref = np.zeros_like(ref)
@@ -340,14 +336,14 @@ class MixtureDataset:
             turns.append([t, t + length])
             t += length + int(rng.uniform(1.0, 6.0) * SAMPLE_RATE)
         active = np.concatenate([target[a:b] for a, b in turns])
-        gain = 10 ** (rng.uniform(*cfg.level_dbfs) / 20) / _rms(active)
+        gain = 10 ** (rng.uniform(*cfg.level_dbfs) / 20) / rms(active)
         target *= gain
         talker_utts = self.sources.speakers[s2].utterances
         talker = _crop(talker_utts[int(rng.integers(len(talker_utts)))], n, rng)  # loops its utterance
-        talker *= _rms(active * gain) / _rms(talker)
+        talker *= rms(active * gain) / rms(talker)
         noise, noise_name = self._noise_of_length(n, rng)
         snr = rng.uniform(15.0, 25.0)
-        mixture = target + talker + noise * (_rms(active * gain) / _rms(noise) / 10 ** (snr / 20))
+        mixture = target + talker + noise * (rms(active * gain) / rms(noise) / 10 ** (snr / 20))
         scale = min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
         meta = {
             "speaker": self.sources.speakers[s].id,
@@ -386,7 +382,7 @@ class MixtureDataset:
         for s, gain_db in ((a, level), (b, level - sir)):
             o = int(rng.integers(len(self._options[s])))
             seg, utt, start = self._target_segment(s, o, rng)
-            seg = seg.astype(np.float32) * (10 ** (gain_db / 20) / _rms(seg))
+            seg = seg.astype(np.float32) * (10 ** (gain_db / 20) / rms(seg))
             meta = {"speaker": self.sources.speakers[s].id, "target": [utt, start], "enroll": list(self._options[s][o])}
             if cfg.partial_absence_prob and rng.random() < cfg.partial_absence_prob:
                 seg, meta["absence"] = _partial_absence(seg, rng)
@@ -405,7 +401,7 @@ class MixtureDataset:
         if rng.random() < cfg.pair_noise_prob:
             noise, extra["noise"] = self._noise(rng)
             snr = rng.uniform(*cfg.snr_db)  # against the louder talker
-            mixture = mixture + noise * (max(_rms(wet[0]), _rms(wet[1])) / _rms(noise) / 10 ** (snr / 20))
+            mixture = mixture + noise * (max(rms(wet[0]), rms(wet[1])) / rms(noise) / 10 ** (snr / 20))
             extra["snr_db"] = round(float(snr), 2)
         scale = min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
         mixture = (mixture * scale).astype(np.float32)
@@ -444,7 +440,7 @@ class RecordingDataset(MixtureDataset):
         s = self.targets[int(rng.integers(len(self.targets)))]
         o = int(rng.integers(len(self._options[s])))
         mixture, utt, start = self._target_segment(s, o, rng)
-        mixture = mixture * (10 ** (rng.uniform(*self.cfg.level_dbfs) / 20) / _rms(mixture))
+        mixture = mixture * (10 ** (rng.uniform(*self.cfg.level_dbfs) / 20) / rms(mixture))
         mixture *= min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
         meta = {"speaker": self.sources.speakers[s].id, "recording": [utt, start], "enroll": list(self._options[s][o])}
         return Example(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_pse.data.synth import rms
 from edge_pse.demo import ENROLLMENT, MIXTURE, SPEAKER, TARGET
 
 RATE = 16_000
@@ -68,10 +69,6 @@ def _noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return sum(p / np.sqrt(np.mean(p**2)) for p in parts).astype(np.float32)
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
-
-
 def make(out: Path) -> None:
     import soundfile as sf
 
@@ -84,9 +81,9 @@ def make(out: Path) -> None:
     inter = np.zeros(n, dtype=np.float32)
     start = int(0.8 * RATE)  # the interferer starts talking over the target after 0.8 s
     inter[start : start + min(len(interferer), n - start)] = interferer[: n - start]
-    inter *= _rms(target) / _rms(inter)  # 0 dB SIR
+    inter *= rms(target) / rms(inter)  # 0 dB SIR
     noise = _noise(n, rng)
-    noise *= _rms(target) / _rms(noise) / 10 ** (5 / 20)  # 5 dB SNR
+    noise *= rms(target) / rms(noise) / 10 ** (5 / 20)  # 5 dB SNR
     mixture = target + inter + noise
     peak = max(np.abs(mixture).max(), np.abs(target).max()) / 0.7  # leave headroom: no clipping in the demo
     out.mkdir(parents=True, exist_ok=True)
