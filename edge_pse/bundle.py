@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from edge_pse.errors import EdgePseError
 
 SCHEMA = "edge-pse-bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the step's state is one packed tensor, its parts in io.layout (1: a tensor per part)
 MANIFEST = "manifest.json"
 FORMATS = ("pte", "tflite", "onnx")
 QUANTIZATIONS = ("fp32", "int8-ptq", "int8-qat")
@@ -299,6 +299,24 @@ def _check_file_io(io: object, where: str, hop: int, dim: int, states: list[list
             )
 
 
+def _check_layout(layout: object, states: list[list[int]], where: str) -> None:
+    """io.layout: the packed state's parts, contiguous from offset 0, filling the one state tensor."""
+    if len(states) != 1:
+        raise EdgePseError(f"{where}: io.layout describes one packed state, but io.states has {len(states)}")
+    if not isinstance(layout, list) or not layout or len(layout) > 256:
+        raise EdgePseError(f"{where}: io.layout must be a non-empty list of parts")
+    pos = 0
+    for i, part in enumerate(layout):
+        ok = isinstance(part, dict) and isinstance(part.get("name"), str) and part["name"]
+        if not ok or not _int(part.get("offset"), 0, MAX_DIM) or not _int(part.get("size"), 1, MAX_DIM):
+            raise EdgePseError(f"{where}: io.layout[{i}] needs a name, an offset and a positive size")
+        if part["offset"] != pos:
+            raise EdgePseError(f"{where}: io.layout[{i}] ({part['name']}) starts at {part['offset']}, expected {pos}")
+        pos += part["size"]
+    if pos != states[0][-1]:
+        raise EdgePseError(f"{where}: io.layout covers {pos} values of a state of {states[0][-1]}")
+
+
 def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[FileEntry]:
     """Check the manifest's schema; returns its file entries. Raises EdgePseError saying what is wrong.
 
@@ -309,8 +327,13 @@ def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[Fi
     if manifest.get("schema") != SCHEMA:
         raise EdgePseError(f"{where}: not an edge-pse bundle manifest (schema {manifest.get('schema')!r})")
     version = manifest.get("schema_version")
-    if not _int(version, 1, SCHEMA_VERSION):
-        raise EdgePseError(f"{where}: bundle schema version {version!r}; this edge-pse reads 1..{SCHEMA_VERSION}")
+    if version == 1:  # a tensor per state part, int8 states requantized by the host: re-export it
+        raise EdgePseError(
+            f"{where}: bundle schema 1 (one model input per state part) is no longer run; re-export the checkpoint "
+            "with `edge-pse export` (schema 2 packs the state into one float tensor)"
+        )
+    if not _int(version, 2, SCHEMA_VERSION):
+        raise EdgePseError(f"{where}: bundle schema version {version!r}; this edge-pse reads {SCHEMA_VERSION}")
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise EdgePseError(f"{where}: missing keys {missing}")
@@ -323,6 +346,7 @@ def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[Fi
     _check_tensors(io.get("inputs"), "io.inputs")
     _check_tensors(io.get("outputs"), "io.outputs")
     states = [_check_tensor(t, f"io.states[{i}]") for i, t in enumerate(io["states"])]
+    _check_layout(io.get("layout"), states, str(where))
     if not isinstance(manifest["files"], list) or not manifest["files"]:
         raise EdgePseError(f"{where}: 'files' must be a non-empty list")
     entries = []

@@ -117,7 +117,10 @@ def emulated_agent(rootfs: Path, tmp_path_factory):
         proc.wait(timeout=30)
 
 
-SAME_FILE_MIN_SNR_DB = 40.0
+# the same int8 file on aarch64 (qemu) and x86: measured 2026-12-06 on the packed-state tiny, LiteRT 101 dB,
+# ONNX Runtime 39.6 dB (its x86 and ARM int8 MatMul kernels round differently); an ARM numeric bug at the
+# int8-vs-float tolerance (15-16 dB) is far below
+SAME_FILE_MIN_SNR_DB = 35.0
 
 
 def local_pcm(bundle: Path, backend: str) -> np.ndarray:

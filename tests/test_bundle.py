@@ -84,10 +84,14 @@ def test_tampered_reference_weights_are_refused(copy) -> None:
     [
         (lambda m: m.update(schema="something-else"), "not an edge-pse bundle"),
         (lambda m: m.update(schema_version=99), "schema version"),
+        (lambda m: m.update(schema_version=1), "schema 1 .* re-export"),
         (lambda m: m.pop("io"), "missing keys"),
         (lambda m: m["files"][0].update(format="gguf"), "unknown format"),
         (lambda m: m["files"][0].update(path="../model.onnx"), "inside the bundle"),
         (lambda m: m["files"][0].pop("sha256"), "malformed"),
+        (lambda m: m["io"].pop("layout"), "io.layout must be"),
+        (lambda m: m["io"]["layout"][1].update(offset=0), "starts at"),
+        (lambda m: m["io"]["layout"][-1].update(size=1), "covers"),
     ],
 )
 def test_malformed_manifest_is_refused(copy, edit, message) -> None:
@@ -206,7 +210,7 @@ def _tensor(m: dict, i: int = 0) -> dict:
         (lambda m: _tensor(m).update(dtype="int8", scale=-0.01, zero_point=0), "needs a finite positive scale"),
         (lambda m: _tensor(m).update(dtype="int8", scale=0.01, zero_point=300), "zero_point 300 does not fit int8"),
         (lambda m: _tensor(m).update(scale=0.01), "a float32 tensor has no scale or zero point"),
-        (lambda m: m["files"][0]["io"]["inputs"].pop(), "expected 8 and 7"),
+        (lambda m: m["files"][0]["io"]["inputs"].pop(), "expected 3 and 2"),
         (lambda m: m.update(tolerance={"fp32_min_snr_db": "high"}), "'tolerance' must map names to finite numbers"),
     ],
 )

@@ -41,22 +41,22 @@ def stream(module, step: E3NetStep, clips) -> tuple[np.ndarray, list[float]]:
     """Output of `module` hop by hop from zero state, and block 0's largest |c| per hop."""
     wave, spk = batch_clips(clips, step.cfg.hop)
     hop, state, outs, c_max = step.cfg.hop, step.initial_state(wave.shape[0]), [], []
-    c0 = step.io.input_names.index("c0") - 2
+    a, b = step.io.bounds[[p.name for p in step.io.parts].index("c0")]
     with torch.no_grad():
         for t in range(0, wave.shape[1], hop):
             out, *state = module(wave[:, t : t + hop], spk, *state)
             outs.append(out)
-            c_max.append(float(state[c0].abs().max()))
+            c_max.append(float(state[0][:, a:b].abs().max()))
     return torch.cat(outs, 1).numpy(), c_max
 
 
-def test_the_cell_state_inputs_are_found_by_name(shipped_tiny) -> None:
-    assert float_inputs(shipped_tiny) == {"c0", "c1"}
+def test_the_packed_state_input_is_found_by_name(shipped_tiny) -> None:
+    assert float_inputs(shipped_tiny) == {"state"}
 
 
 def test_a_level_normalising_step_also_keeps_its_level_dependent_inputs_float() -> None:
     step = E3NetStep(E3Net(replace(get_preset("tiny"), frame_level_dbfs=-20.0)).eval())
-    assert float_inputs(step) == {"c0", "c1", "hop", "enc_buf", "dec_tail"}
+    assert float_inputs(step) == {"state", "hop"}
 
 
 @pytest.mark.slow
@@ -90,18 +90,23 @@ def onnx_float_ops(tmp_path, frame_level_dbfs) -> tuple[list[str], list[str]]:
     return sorted(ops[n] for n in onnx_float_nodes(path, step)), sorted(ops.values())
 
 
-def test_onnx_leaves_exactly_the_cell_state_ops_float(tmp_path) -> None:
+# the packed state: its six parts sliced out, the next state concatenated
+PACKING = ["Slice"] * 6 + ["Concat"]
+# per LSTM block of the tiny (2): the carried output gate and cell make h_prev = o*tanh(c), the cell updates
+CELL = ["Tanh", "Mul", "Mul", "Add", "Tanh", "Mul"] * 2
+
+
+def test_onnx_leaves_exactly_the_state_ops_float(tmp_path) -> None:
     found, _ = onnx_float_ops(tmp_path, None)
-    # per block: f*c, + i*g, tanh(c), o*tanh(c)
-    assert found == sorted(["Mul", "Add", "Tanh", "Mul"] * 2)
+    # per block: the carried h rebuilt as o*tanh(c), then f*c, + i*g, tanh(c), o*tanh(c); the decoder tail added
+    assert found == sorted(CELL + PACKING + ["Add"])
 
 
 def test_onnx_also_leaves_the_level_normalisation_float_and_every_linear_int8(tmp_path) -> None:
     found, everything = onnx_float_ops(tmp_path, -20.0)
-    cell = ["Mul", "Add", "Tanh", "Mul"] * 2
     # the frame's power (x*x twice, their sum, the mean, x0.5, + eps), the gain (rsqrt as 1/sqrt, x target,
     # clip), the window scaled (2 Mul), the way back (reciprocal, 2 Mul) and the carried tail added
     level = ["Mul", "Mul", "Add", "ReduceMean", "Mul", "Add", "Sqrt", "Div", "Mul", "Clip", "Mul", "Mul"]
     level += ["Reciprocal", "Mul", "Mul", "Add"]
-    assert found == sorted(cell + level)
+    assert found == sorted(CELL + level + PACKING)
     assert "MatMul" in everything and not {"MatMul", "Gemm"} & set(found)

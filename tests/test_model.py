@@ -110,8 +110,27 @@ def test_state_spec_matches_the_step() -> None:
         assert [tuple(t.shape) for t in step.initial_state(1)] == [s.shape for s in spec.states]
         assert spec.input_names[:2] == ["hop", "spk"]
         assert len(spec.output_names) == len(spec.input_names) - 1
-        names = [s.name for s in spec.states]
+        names = [p.name for p in spec.parts]
         assert len(set(names)) == len(names)
+
+
+def test_the_packed_state_holds_each_part_where_the_layout_says() -> None:
+    """A runtime written from the manifest alone reads a part at io.layout's offset: the enc_buf part of the
+    next state is this hop, and the other parts change only where their own computation says."""
+    cfg = PRESETS["tiny"]
+    spec = state_spec(cfg)
+    layout = spec.to_dict()["layout"]
+    assert [p["offset"] for p in layout] == [a for a, _ in spec.bounds]
+    assert sum(p["size"] for p in layout) == spec.states[0].shape[-1] == spec.state_size
+    step = E3NetStep(E3Net(cfg)).eval()
+    hop = torch.randn(1, cfg.hop)
+    with torch.no_grad():
+        _, state = step(hop, torch.randn(1, cfg.spk_dim), *step.initial_state(1))
+    part = {p["name"]: state[:, p["offset"] : p["offset"] + p["size"]] for p in layout}
+    assert torch.equal(part["enc_buf"], hop)
+    # the LSTM's output gate (a sigmoid) and its cell; the step rebuilds h = o * tanh(c) in float
+    o0, c0 = part["o0"], part["c0"]
+    assert 0 < o0.min() and o0.max() < 1 and o0.std() > 0 and c0.abs().max() > 0
 
 
 def test_stats_are_computed_from_the_modules() -> None:

@@ -54,13 +54,14 @@ class LSTMCellStep(nn.Module):
         self.x_g, self.h_g = gates[2]
         self.x_o, self.h_o = gates[3]
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """-> (h, c, o): the new hidden and cell state, and the output gate o (h = o * tanh(c))."""
         i = torch.sigmoid(self.x_i(x) + self.h_i(h))
         f = torch.sigmoid(self.x_f(x) + self.h_f(h))
         g = torch.tanh(self.x_g(x) + self.h_g(h))
         o = torch.sigmoid(self.x_o(x) + self.h_o(h))
         c = f * c + i * g
-        return o * torch.tanh(c), c
+        return o * torch.tanh(c), c, o
 
 
 class BlockStep(nn.Module):
@@ -80,8 +81,8 @@ class BlockStep(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         y = self.ff_norm(self.act2(self.fc2(self.act1(self.fc1(x)))))
-        h, c = self.cell(y, h, c)
-        return self.out_norm(x + self.lstm_norm(h)), h, c
+        h, c, o = self.cell(y, h, c)
+        return self.out_norm(x + self.lstm_norm(h)), c, o
 
 
 class AdaptationStep(nn.Module):
@@ -104,7 +105,8 @@ def _folded(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: t
 
 
 class E3NetStep(nn.Module):
-    """`forward(hop[B,160], spk[B,D], *state) -> (out[B,160], *new_state)`, state as in `io.states`.
+    """`forward(hop[B,160], spk[B,D], state[B,S]) -> (out[B,160], new_state[B,S])`, the state packed as in
+    `io.layout` (config.StepIO).
 
     Run hop by hop from zero state, it reproduces `E3Net.forward` sample for sample.
     """
@@ -114,6 +116,7 @@ class E3NetStep(nn.Module):
         cfg = model.cfg
         self.cfg = cfg
         self.io: StepIO = state_spec(cfg)
+        self._bounds = self.io.bounds
         hop = cfg.hop
         enc_w = model.encoder.weight.squeeze(1)  # [N, window]
         # encoder: the window is [previous hop ; this hop], so split the kernel instead of concatenating
@@ -148,8 +151,8 @@ class E3NetStep(nn.Module):
     def initial_state(self, batch: int = 1) -> list[torch.Tensor]:
         return [torch.zeros(batch, *s.shape[1:]) for s in self.io.states]
 
-    def forward(self, hop: torch.Tensor, spk: torch.Tensor, *state: torch.Tensor):
-        enc_buf, *lstm_state, dec_tail = state
+    def forward(self, hop: torch.Tensor, spk: torch.Tensor, state: torch.Tensor):
+        enc_buf, *lstm_state, dec_tail = (state[:, a:b] for a, b in self._bounds)
         limits = self.cfg.frame_gain_limits
         if limits is not None:  # scale the window before the int8 Linears see it; float ops (quant/float_state)
             gain = frame_gain((enc_buf * enc_buf + hop * hop).mean(-1, keepdim=True) * 0.5, *limits)
@@ -162,14 +165,17 @@ class E3NetStep(nn.Module):
         for k, block in enumerate(self.blocks):
             if self.adapt is not None:
                 x = self.adapt[k](x, spk)
-            x, h, c = block(x, lstm_state[2 * k], lstm_state[2 * k + 1])
-            new_lstm += [h, c]
+            o, c = lstm_state[2 * k], lstm_state[2 * k + 1]
+            # the state carries the output gate, not h: h is rebuilt in float from it, so no state slice feeds
+            # an int8 op directly (LiteRT's converter would otherwise make the whole packed input int8)
+            x, c, o = block(x, o * torch.tanh(c), c)
+            new_lstm += [o, c]
         masked = feats * torch.sigmoid(self.mask(x))
         head, tail = self.dec_head(masked), self.dec_tail(masked)
         if limits is not None:  # back to the input's level; dec_tail is carried at the input's level
             inverse = torch.reciprocal(gain)
             head, tail = head * inverse, tail * inverse
-        return (head + dec_tail, hop, *new_lstm, tail)
+        return head + dec_tail, torch.cat((hop, *new_lstm, tail), dim=-1)
 
 
 @torch.no_grad()

@@ -9,26 +9,29 @@
   the encoder's Linears, and from the decoder's Linears on the scaling back and the carried `dec_tail`. An
   int8 scale there would again depend on the input level, which is what the normalisation removes.
 Both are a few elementwise ops per hop; every Linear (all of the MACs) stays int8.
+
+The step carries its state as one packed tensor (config.StepIO): that tensor, the slices taken from it and the
+concatenation that builds the next one stay float, so the state crosses the model file's boundary unchanged
+and a runtime copies it back without requantizing. Each LSTM's h is rebuilt from the carried output gate and
+cell (h = o * tanh(c), float) and quantized where its Linears read it, inside the graph.
 """
 
 from __future__ import annotations
 
-import re
-
-CELL_STATE = re.compile(r"c\d+")
-LEVEL_INPUTS = ("hop", "enc_buf", "dec_tail")
+STATE_INPUT = "state"
+LEVEL_INPUTS = ("hop",)
 # elementwise ops through which a float input's path is followed (PT2E aten targets by name; ONNX op types)
 _ATEN_OPS = {"aten.mul.Tensor", "aten.add.Tensor", "aten.tanh.default", "aten.mean.dim", "aten.rsqrt.default"}
-_ATEN_OPS |= {"aten.clamp.default", "aten.reciprocal.default"}
-_ONNX_OPS = {"Mul", "Add", "Tanh", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Clip", "Min", "Pow"}
+_ATEN_OPS |= {"aten.clamp.default", "aten.reciprocal.default", "aten.slice.Tensor", "aten.cat.default"}
+_ONNX_OPS = {"Mul", "Add", "Tanh", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Clip", "Min", "Pow", "Slice", "Concat"}
 _ANNOTATION = "quantization_annotation"
 
 
 def float_inputs(step) -> set[str]:
-    """Names of the step's inputs whose paths stay float: the cell states, and the level-dependent signals
-    when the step normalises each frame's level."""
+    """Names of the step's inputs whose paths stay float: the packed state (cell states, level-dependent
+    parts), and the hop when the step normalises each frame's level."""
     names = set(step.io.input_names)
-    out = {n for n in names if CELL_STATE.fullmatch(n)}
+    out = names & {STATE_INPUT}
     if step.cfg.frame_level_dbfs is not None:
         out |= names & set(LEVEL_INPUTS)
     return out
@@ -37,14 +40,12 @@ def float_inputs(step) -> set[str]:
 def strip_float_path_annotations(model, inputs: set[str], input_names: list[str]) -> None:
     """Remove the quantization annotations of every op fed (directly or through such ops) by one of `inputs`,
     so prepare_pt2e leaves them float."""
-    import torch
-
     placeholders = [n for n in model.graph.nodes if n.op == "placeholder"]
     marked = {p for p, name in zip(placeholders, input_names, strict=False) if name in inputs}
     for node in model.graph.nodes:
         if node.op != "call_function" or str(node.target) not in _ATEN_OPS:
             continue
-        if any(isinstance(a, torch.fx.Node) and a in marked for a in node.args):
+        if any(a in marked for a in node.all_input_nodes):  # cat takes its inputs as a list
             marked.add(node)
             node.meta.pop(_ANNOTATION, None)
 

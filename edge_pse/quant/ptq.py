@@ -28,7 +28,7 @@ def export_for_quantization(step: nn.Module, dynamic_batch: bool = True) -> torc
     shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=4096)
-        shapes = {"hop": {0: batch}, "spk": {0: batch}, "state": tuple({0: batch} for _ in example[2:])}
+        shapes = {"hop": {0: batch}, "spk": {0: batch}, "state": {0: batch}}
     return torch.export.export(step, example, dynamic_shapes=shapes).module()
 
 

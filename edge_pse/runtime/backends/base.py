@@ -1,7 +1,7 @@
 """One small interface over every runtime: load a bundle's model file, set the speaker, reset, process a hop.
 
-Torch-free. A backend keeps the step's state internally between `process` calls; formats whose state I/O is
-int8 (LiteRT PT2E) get their states requantized here with the scales the manifest records.
+Torch-free. A backend keeps the step's state (one packed float tensor, bundle schema 2) internally between
+`process` calls; int8 inputs (LiteRT's speaker) are quantized here with the scales the manifest records.
 """
 
 from __future__ import annotations
