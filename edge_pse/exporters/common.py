@@ -1,11 +1,29 @@
-"""What every exporter returns, and the float I/O description shared by formats whose I/O stays float."""
+"""The stages every format module exposes, what they hand each other, and the float I/O description.
+
+Each of exporters/pte.py, tflite.py and onnx.py has `quantize(step, mode, clips, max_hops, qat) -> Quantized`
+and `lower(Quantized, out_dir) -> Exported`; the pipeline runs QAT once, then these two per format, then
+verifies every file in its own runtime (as ExecuTorch's aot_compiler: quantize, lower, verify).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge_pse.bundle import FileIO, TensorIO
+
+
+@dataclass
+class Quantized:
+    """What a format's quantize stage hands its lower stage."""
+
+    module: Any  # the graph to lower: the float step, or a converted PT2E graph
+    step: Any  # the float step it came from (its I/O; after QAT, the fine-tuned weights)
+    quantization: str  # the files' label: fp32, int8-ptq, int8-qat
+    quantizer: Any = None  # LiteRT: the PT2E quantizer, which litert-torch's converter takes again
+    clips: list = field(default_factory=list)  # ONNX: onnxruntime quantizes the lowered file with these
+    max_hops: int | None = None
 
 
 @dataclass

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_pse.exporters.common import Exported, float_file_io
+from edge_pse.bundle import MODES
+from edge_pse.exporters.common import Exported, Quantized, float_file_io
 from edge_pse.quant.calibration import Clip
 from edge_pse.quant.float_state import onnx_float_nodes
 from edge_pse.quant.ptq import streaming_inputs
@@ -49,16 +50,20 @@ class _StreamingReader:
         self._it = iter(self._items)
 
 
-def export(
-    step: nn.Module,
-    example: tuple[torch.Tensor, ...],
-    out_dir: Path,
-    quantization: str,
-    clips: list[Clip] | None = None,
-    max_hops: int | None = None,
-) -> Exported:
+def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None) -> Quantized:
+    """Nothing to do in torch: onnxruntime quantizes the lowered float file (int8-*), calibrated on `clips`;
+    after QAT, the fine-tuned weights."""
+    if mode == "qat":
+        step = qat[1]
+    return Quantized(step, step, MODES[mode], clips=[] if mode == "fp32" else clips, max_hops=max_hops)
+
+
+def lower(q: Quantized, out_dir: Path) -> Exported:
     """fp32: the step as is. int8-*: static quantization of that graph (per-channel int8 weights, uint8
     activations, QOperator)."""
+    from edge_pse.quant.ptq import example_inputs
+
+    step, quantization, example = q.step, q.quantization, example_inputs(q.step)
     path = out_dir / FILENAME
     if quantization == "fp32":
         export_float(step, example, path)
@@ -71,7 +76,7 @@ def export(
             quantize_static(
                 str(float_path),
                 str(path),
-                _StreamingReader(step, clips or [], max_hops),
+                _StreamingReader(step, q.clips, q.max_hops),
                 # Only the Linears (all of the MACs), as QOperator nodes with uint8 activations: onnxruntime's
                 # fused int8 kernels. Measured on the shipped tiny (1 thread, x86_64, docs/bundle.md): QDQ left a
                 # DequantizeLinear on every per-channel weight and Q/DQ round trips around the elementwise ops,

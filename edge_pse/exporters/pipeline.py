@@ -105,64 +105,30 @@ def _speaker_info(cfg) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- stages
-def quantized_module(step: E3NetStep, fmt: str, opts: ExportOptions, calib: CalibrationSet, qat_cache: dict):
-    """The module to lower for `fmt` and the quantizer that made it.
-
-    fp32: the float step. ptq: a PT2E graph calibrated with the format's own quantizer (ONNX: the float step,
-    which onnxruntime quantizes itself). qat: one batched QAT run per export with XNNPACK's scheme gives the
-    .pte graph and fine-tuned float weights; .tflite and .onnx calibrate those weights with their own quantizer
-    (one QAT run instead of three: on 2 shared cores each run takes many minutes).
-    """
-    from edge_pse.exporters import pte, tflite
+def qat_run(step: E3NetStep, opts: ExportOptions, calib: CalibrationSet):
+    """(converted XNNPACK int8 graph, float step with the fine-tuned weights): one QAT run per export, with
+    XNNPACK's scheme. The .pte lowers the graph; .tflite and .onnx calibrate the weights with their own
+    quantizer (one run instead of three: on 2 shared cores each run takes many minutes)."""
+    from edge_pse.exporters import pte
     from edge_pse.quant.float_state import with_float_paths
-    from edge_pse.quant.ptq import quantize_ptq
+    from edge_pse.quant.qat import quantize_qat
 
-    if opts.mode == "fp32":
-        return step, None
-    if opts.mode == "qat":
-        converted, step = qat_run(step, opts, calib, qat_cache)
-        if fmt == "pte":
-            return converted, None
-    if fmt == "onnx":
-        return step, None
-    quantizer = with_float_paths((pte if fmt == "pte" else tflite).quantizer(), step)
-    fold = fmt == "pte"  # ExecuTorch wants int8 weight constants; litert-torch wants the Q/DQ pairs
-    return quantize_ptq(step, quantizer, calib.calibration, opts.max_calibration_hops, fold), quantizer
+    return quantize_qat(
+        step,
+        with_float_paths(pte.quantizer(qat=True), step),
+        with_float_paths(pte.quantizer(), step),
+        calib.calibration,
+        opts.qat_steps,
+        opts.qat_batch,
+        opts.seed,
+    )
 
 
-def qat_run(step: E3NetStep, opts: ExportOptions, calib: CalibrationSet, qat_cache: dict):
-    """(converted XNNPACK int8 graph, float step with the fine-tuned weights), computed once per export."""
-    if "qat" not in qat_cache:
-        from edge_pse.exporters import pte
-        from edge_pse.quant.float_state import with_float_paths
-        from edge_pse.quant.qat import quantize_qat
-
-        qat_cache["qat"] = quantize_qat(
-            step,
-            with_float_paths(pte.quantizer(qat=True), step),
-            with_float_paths(pte.quantizer(), step),
-            calib.calibration,
-            opts.qat_steps,
-            opts.qat_batch,
-            opts.seed,
-        )
-    return qat_cache["qat"]
-
-
-def export_format(
-    step, fmt: str, opts: ExportOptions, calib: CalibrationSet, out_dir: Path, qat_cache: dict
-) -> Exported:
+def format_module(fmt: str):
+    """The module with `fmt`'s quantize and lower stages (exporters/common.py)."""
     from edge_pse.exporters import onnx, pte, tflite
-    from edge_pse.quant.ptq import example_inputs
 
-    quantization = MODES[opts.mode]
-    module, quantizer = quantized_module(step, fmt, opts, calib, qat_cache)
-    example = example_inputs(step)
-    if fmt == "pte":
-        return pte.export(module, example, out_dir, quantization, step)
-    if fmt == "tflite":
-        return tflite.export(module, example, out_dir, quantization, step, quant=quantizer)
-    return onnx.export(module, example, out_dir, quantization, calib.calibration, opts.max_calibration_hops)
+    return {"pte": pte, "tflite": tflite, "onnx": onnx}[fmt]
 
 
 def float_reference(step: E3NetStep, heldout: dict[float, list[Clip]]) -> dict[float, list[np.ndarray]]:
@@ -395,11 +361,16 @@ def export_bundle(
         torch.save({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, weights)
         calib = calib.across_levels(accuracy.LEVELS_DBFS)
         heldout = {level: [at_level(c, level) for c in calib.heldout] for level in accuracy.LEVELS_DBFS}
-        qat_cache: dict = {}
+        qat = None
+        if opts.mode == "qat":
+            log(f"quantization-aware fine-tuning ({opts.qat_steps} steps), once for every format")
+            qat = qat_run(step, opts, calib)
         exported = []
         for fmt in opts.formats:
             log(f"{fmt}: exporting ({MODES[opts.mode]})")
-            exported.append(export_format(step, fmt, opts, calib, tmp, qat_cache))
+            stages = format_module(fmt)
+            quantized = stages.quantize(step, opts.mode, calib.calibration, opts.max_calibration_hops, qat)
+            exported.append(stages.lower(quantized, tmp))
         files = [
             FileEntry(e.path.name, e.format, e.quantization, sha256_file(e.path), e.path.stat().st_size, e.io)
             for e in exported

@@ -6,9 +6,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from edge_pse.exporters.common import Exported, float_file_io
+from edge_pse.bundle import MODES
+from edge_pse.exporters.common import Exported, Quantized, float_file_io
 
 FILENAME = "model.pte"
 
@@ -37,14 +37,31 @@ def ops_outside_delegate(graph: torch.fx.Graph) -> dict[str, int]:
     return dict(names)
 
 
-def export(module: nn.Module, example: tuple[torch.Tensor, ...], out_dir: Path, quantization: str, step) -> Exported:
-    """`module` is the float step or a converted PT2E graph (Q/DQ); both lower the same way."""
+def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None) -> Quantized:
+    """fp32: the float step. ptq: PT2E with XNNPACK's scheme, int8 weight constants folded (ExecuTorch wants
+    them so). qat: the QAT run's converted graph, which used this scheme."""
+    from edge_pse.quant.float_state import with_float_paths
+    from edge_pse.quant.ptq import quantize_ptq
+
+    if mode == "fp32":
+        return Quantized(step, step, MODES[mode])
+    if mode == "qat":
+        converted, tuned = qat
+        return Quantized(converted, tuned, MODES[mode])
+    graph = quantize_ptq(step, with_float_paths(quantizer(), step), clips, max_hops, fold=True)
+    return Quantized(graph, step, MODES[mode])
+
+
+def lower(q: Quantized, out_dir: Path) -> Exported:
+    """The float step and a converted PT2E graph (Q/DQ) lower the same way."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    program = torch.export.export(module, example)
+    from edge_pse.quant.ptq import example_inputs
+
+    program = torch.export.export(q.module, example_inputs(q.step))
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     outside = ops_outside_delegate(edge.exported_program().graph_module.graph)
     path = out_dir / FILENAME
     path.write_bytes(edge.to_executorch().buffer)
-    return Exported(path, "pte", quantization, float_file_io(step), outside)
+    return Exported(path, "pte", q.quantization, float_file_io(q.step), outside)

@@ -1,18 +1,15 @@
 """LiteRT .tflite through litert-torch: fp32 straight from the step, int8 from its own PT2E quantizer.
 
-litert-torch's int8 model keeps mixed I/O (some states int8, some float; a state's input and output scale can
-differ, docs/toolchain.md), so the file's real I/O is read back from the interpreter into the manifest.
+litert-torch's int8 model keeps mixed I/O (the speaker int8, the hop and the packed state float;
+docs/toolchain.md), so the file's real I/O is read back from the interpreter into the manifest.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from edge_pse.bundle import FileIO, TensorIO
-from edge_pse.exporters.common import Exported
+from edge_pse.bundle import MODES, FileIO, TensorIO
+from edge_pse.exporters.common import Exported, Quantized
 
 FILENAME = "model.tflite"
 
@@ -63,17 +60,32 @@ def ops_summary(path: Path) -> dict[str, int]:
     return dict(ops)
 
 
-def export(
-    module: nn.Module, example: tuple[torch.Tensor, ...], out_dir: Path, quantization: str, step, quant=None
-) -> Exported:
-    """`module` is the float step (fp32) or a converted PT2E graph made with `quantizer()` (int8)."""
+def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None) -> Quantized:
+    """fp32: the float step. ptq: PT2E with litert-torch's own quantizer, Q/DQ pairs kept (its converter folds
+    them). qat: the same on the QAT run's fine-tuned weights."""
+    from edge_pse.quant.float_state import with_float_paths
+    from edge_pse.quant.ptq import quantize_ptq
+
+    if mode == "fp32":
+        return Quantized(step, step, MODES[mode])
+    if mode == "qat":
+        step = qat[1]
+    quant = with_float_paths(quantizer(), step)
+    graph = quantize_ptq(step, quant, clips, max_hops, fold=False)
+    return Quantized(graph, step, MODES[mode], quantizer=quant)
+
+
+def lower(q: Quantized, out_dir: Path) -> Exported:
+    """Convert and write the file, then read its real I/O back (int8 inputs carry their scales)."""
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
 
-    cfg = QuantConfig(pt2e_quantizer=quant) if quant is not None else None
-    model = litert_torch.convert(module, example, quant_config=cfg)
+    from edge_pse.quant.ptq import example_inputs
+
+    cfg = QuantConfig(pt2e_quantizer=q.quantizer) if q.quantizer is not None else None
+    model = litert_torch.convert(q.module, example_inputs(q.step), quant_config=cfg)
     path = out_dir / FILENAME
     model.export(str(path))
     ops = ops_summary(path)
-    outside = {k: v for k, v in ops.items() if k in ("DEQUANTIZE", "QUANTIZE")} if quant is not None else {}
-    return Exported(path, "tflite", quantization, read_file_io(path, step), outside)
+    outside = {k: v for k, v in ops.items() if k in ("DEQUANTIZE", "QUANTIZE")} if q.quantizer is not None else {}
+    return Exported(path, "tflite", q.quantization, read_file_io(path, q.step), outside)
