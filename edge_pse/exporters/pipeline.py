@@ -260,10 +260,12 @@ def step_costs(step: E3NetStep) -> dict:
 
 
 def _shown_path(source: str) -> str:
-    """Repo-relative for the project's own checkpoints, the bare file name otherwise (no user paths leak)."""
+    """`edge_pse/checkpoints/NAME` for the package's own checkpoints, the bare file name otherwise (no user
+    paths leak into a manifest)."""
+    from edge_pse.model.checkpoint import SHIPPED_DIR
+
     p = Path(source).resolve()
-    repo = Path(__file__).resolve().parents[2]
-    return str(p.relative_to(repo)) if p.is_relative_to(repo) else p.name
+    return f"edge_pse/checkpoints/{p.relative_to(SHIPPED_DIR)}" if p.is_relative_to(SHIPPED_DIR) else p.name
 
 
 def _write_json(path: Path, data: dict) -> None:
