@@ -89,10 +89,10 @@ class Busy(EdgePseError):
 
 @dataclass
 class StreamSession:
-    """A stream's state on the device: the backend (model state), hops processed, recent outputs."""
+    """A stream's state on the device: its stream on the loaded model, hops processed, recent outputs."""
 
     id: str
-    backend: object
+    backend: object  # a runtime.backends.base.Stream: this session's speaker and model state
     info: dict
     processed: int = 0
     outputs: deque = field(default_factory=lambda: deque(maxlen=RESUME_WINDOW))  # encoded OUT frames
@@ -253,6 +253,10 @@ class Agent:
         self.gate = Gate(max_pending, max_pending_per_address, max_connections)
         self._lock = threading.RLock()
         self._opening = 0  # sessions being opened (their backend loading): they count against max_sessions
+        # loaded models of the active bundle, shared by its sessions' streams: (bundle sha256, backend, threads,
+        # quantization) -> Backend. A deploy empties it; sessions on the old bundle keep their model alive
+        self._models: dict[tuple, object] = {}
+        self._model_loads = 0
         self._sock = socket.create_server((host, port), reuse_port=False)
         self._stop = threading.Event()
         self.address = self._sock.getsockname()[:2]
@@ -372,11 +376,10 @@ class Agent:
             "backends": [n for n in BACKENDS if _importable(n)],
             **self.store.describe(),
             "sessions": len(self.sessions),
+            "model_loads": self._model_loads,  # model files loaded since start: once per bundle and settings
         }
 
     def open_stream(self, req: dict) -> StreamSession:
-        from edge_pse.runtime.backends import open_backend
-
         threads = req.get("threads") or 1
         if not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
             raise EdgePseError(f"threads must be an int in 1..{MAX_THREADS}")
@@ -393,9 +396,8 @@ class Agent:
                 spk = req.get("speaker")
                 if not isinstance(spk, list) or len(spk) != int(bundle.manifest["speaker"]["dim"]):
                     raise EdgePseError(f"speaker must be a list of {bundle.manifest['speaker']['dim']} floats")
-                backend = open_backend(
-                    bundle, req.get("backend"), threads=threads, quantization=req.get("quantization")
-                )
+                model = self._model(bundle, req.get("backend"), threads, req.get("quantization"))
+                backend = model.open_stream()
                 info = {
                     "bundle": bundle.path.name,
                     "preset": bundle.manifest.get("preset"),
@@ -403,15 +405,11 @@ class Agent:
                     "tolerance": bundle.tolerance,
                 }
             backend.set_speaker(np.asarray(spk, dtype=np.float32))
-            zeros = np.zeros(hop, np.float32)
-            for _ in range(WARMUP_HOPS):
-                backend.process(zeros)
-            backend.reset()
             info.update(
                 {
-                    "backend": backend.name,
-                    "model_file": backend.entry.path if backend.entry else None,
-                    "quantization": backend.entry.quantization if backend.entry else "fp32",
+                    "backend": model.name,
+                    "model_file": model.entry.path if model.entry else None,
+                    "quantization": model.entry.quantization if model.entry else "fp32",
                     "threads": threads,
                     "hop": hop,
                     "resume_window": RESUME_WINDOW,
@@ -425,6 +423,26 @@ class Agent:
         finally:
             with self._lock:
                 self._opening -= 1
+
+    def _model(self, bundle, backend: str | None, threads: int, quantization: str | None):
+        """The loaded model for these settings, loaded (and warmed up) on first use; streams share it."""
+        from edge_pse.runtime.backends import open_backend
+
+        key = (bundle.manifest.get("manifest_sha256") or str(bundle.path), backend, threads, quantization)
+        with self._lock:
+            model = self._models.get(key)
+        if model is None:
+            model = open_backend(bundle, backend, threads=threads, quantization=quantization)
+            with self._lock:
+                self._model_loads += 1
+            zeros = np.zeros(model.hop_size, np.float32)
+            for _ in range(WARMUP_HOPS):  # first calls allocate and plan: keep them out of a stream's timings
+                model.process(zeros)
+            with self._lock:
+                if not any(k[0] == key[0] for k in self._models):  # another bundle became active: drop its models
+                    self._models.clear()
+                model = self._models.setdefault(key, model)
+        return model
 
     def bench(self, req: dict) -> dict:
         """Timings of the active bundle on this device (always) and the full `edge-pse bench` report when

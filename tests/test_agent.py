@@ -77,6 +77,23 @@ def test_deploy_then_remote_run_equals_a_local_run(agent, bundles, tmp_path) -> 
     assert stats["reconnects"] == 0
 
 
+def test_sessions_share_one_loaded_model_and_a_deploy_replaces_it(agent, bundles, tmp_path) -> None:
+    """Each stream owns its state on one loaded model (runtime streams): a second session does not load the
+    bundle again, and its output is still exactly a local run's; a new bundle gets a model of its own."""
+    t = target(agent)
+    client.deploy(t, TOKEN, bundles[0])
+    for k in range(2):
+        out = tmp_path / f"run{k}.wav"
+        client.remote_run(t, TOKEN, demo.path(demo.MIXTURE), out, demo.path(demo.SPEAKER), backend="onnx")
+        assert np.array_equal(read_pcm(out), local_run(bundles[0], demo.path(demo.MIXTURE)))
+    assert client.status(t, TOKEN)["model_loads"] == 1
+    client.deploy(t, TOKEN, bundles[1])
+    out = tmp_path / "other.wav"
+    client.remote_run(t, TOKEN, demo.path(demo.MIXTURE), out, demo.path(demo.SPEAKER), backend="onnx")
+    assert np.array_equal(read_pcm(out), local_run(bundles[1], demo.path(demo.MIXTURE)))
+    assert client.status(t, TOKEN)["model_loads"] == 2
+
+
 def test_redeploy_and_rollback(agent, bundles, tmp_path) -> None:
     t = target(agent)
     with pytest.raises(EdgePseError, match="nothing to roll back"):

@@ -99,3 +99,42 @@ def test_runner_reproduces_the_torch_step_aligned_and_same_length(bundle_dir: Pa
     assert np.max(np.abs(out - expected)) <= 1
     assert np.count_nonzero(out != expected) < 0.001 * len(pcm)
     assert np.any(out != 0)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert", "executorch", "torch"])
+def test_streams_on_one_loaded_model_keep_their_own_speaker_and_state(backend: str) -> None:
+    """The device agent serves every connection from one loaded model: two streams with different speakers and
+    audio, interleaved hop by hop (one reset half-way), give exactly what each gives alone on its own backend."""
+    from edge_pse.bundle import Bundle
+    from edge_pse.cli.run import DEFAULT_BUNDLE  # the shipped tiny: int8 .tflite, .pte, .onnx and float weights
+    from edge_pse.runtime.backends import open_backend
+
+    bundle = Bundle.load(DEFAULT_BUNDLE)
+    rng = np.random.default_rng(3)
+    audio = [sf.read(demo.path(demo.MIXTURE), dtype="float32")[0][:4000], 0.05 * rng.standard_normal(4000)]
+    spks = [rng.random(256).astype(np.float32) for _ in range(2)]
+    hops = [a.astype(np.float32).reshape(-1, 160) for a in audio]
+
+    def alone(k: int) -> np.ndarray:
+        be = open_backend(bundle, backend)
+        be.set_speaker(spks[k])
+        out = []
+        for i, h in enumerate(hops[k]):
+            if k == 1 and i == 12:
+                be.reset()
+            out.append(be.process(h).copy())
+        return np.concatenate(out)
+
+    shared = open_backend(bundle, backend)
+    streams = [shared.open_stream() for _ in range(2)]
+    for s, spk in zip(streams, spks, strict=True):
+        s.set_speaker(spk)
+    outs: list[list[np.ndarray]] = [[], []]
+    for i in range(len(hops[0])):
+        for k in (1, 0):
+            if k == 1 and i == 12:
+                streams[1].reset()
+            outs[k].append(streams[k].process(hops[k][i]))
+    for k in range(2):
+        np.testing.assert_array_equal(np.concatenate(outs[k]), alone(k))
+    assert not np.array_equal(np.concatenate(outs[0]), np.concatenate(outs[1]))

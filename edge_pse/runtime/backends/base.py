@@ -2,10 +2,13 @@
 
 Torch-free. A backend keeps the step's state (one packed float tensor, bundle schema 2) internally between
 `process` calls; int8 inputs (LiteRT's speaker) are quantized here with the scales the manifest records.
+A backend's own calls are one stream; `open_stream()` gives more streams on the same loaded model (the device
+agent serves each connection's stream so), each with its own speaker and state.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -22,13 +25,41 @@ class Backend(ABC):
         self.hop_size = int(bundle.manifest["hop"])
         self.spk_dim = int(bundle.manifest["speaker"]["dim"])
         self._spk = np.zeros((1, self.spk_dim), np.float32)
+        self._lock = threading.Lock()  # streams of this model take turns, one hop at a time
+        self._active: Stream | None = None  # the stream whose speaker and state the model holds now
 
-    def set_speaker(self, emb: np.ndarray) -> None:
+    def check_embedding(self, emb: np.ndarray) -> np.ndarray:
         emb = np.asarray(emb, dtype=np.float32).reshape(-1)
         if emb.size != self.spk_dim or not np.all(np.isfinite(emb)):
             raise EdgePseError(f"speaker embedding must be {self.spk_dim} finite floats (got {emb.size} values)")
-        self._spk[0] = emb
+        return emb
+
+    def set_speaker(self, emb: np.ndarray) -> None:
+        self._spk[0] = self.check_embedding(emb)
         self._speaker_changed()
+
+    def open_stream(self) -> Stream:
+        """A new stream on this loaded model, from zero state; set its speaker before its first hop."""
+        return Stream(self)
+
+    def _switch_to(self, stream: Stream) -> None:
+        """Hand the model to `stream`: the previous stream keeps a copy of its state, this one's is loaded."""
+        if self._active is not None:
+            self._active._state = self._get_state()
+        self.set_speaker(stream._spk)
+        if stream._state is None:
+            self.reset()
+        else:
+            self._set_state(stream._state)
+        self._active = stream
+
+    @abstractmethod
+    def _get_state(self) -> np.ndarray:
+        """A copy of the packed state the next hop reads."""
+
+    @abstractmethod
+    def _set_state(self, state: np.ndarray) -> None:
+        """Make `state` the one the next hop reads."""
 
     @abstractmethod
     def _speaker_changed(self) -> None:
@@ -59,3 +90,36 @@ def dequantize(x: np.ndarray, t: TensorIO) -> np.ndarray:
     if t.quantized:
         return (x.astype(np.float32) - t.zero_point) * np.float32(t.scale)
     return x
+
+
+class Stream:
+    """One audio stream on a loaded model, as sherpa-onnx's streams: its own speaker and packed state. The
+    model loads once; streams take turns, one hop at a time. Switching costs a copy of the state (704 floats
+    for tiny) and setting the speaker again; a stream that keeps the model pays nothing extra."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._spk = np.zeros(backend.spk_dim, np.float32)
+        self._state: np.ndarray | None = None  # None: zero state (a fresh or reset stream)
+
+    def set_speaker(self, emb: np.ndarray) -> None:
+        b = self.backend
+        self._spk = b.check_embedding(emb).copy()
+        with b._lock:
+            if b._active is self:
+                b.set_speaker(self._spk)
+
+    def reset(self) -> None:
+        b = self.backend
+        with b._lock:
+            self._state = None
+            if b._active is self:
+                b.reset()
+
+    def process(self, hop: np.ndarray) -> np.ndarray:
+        """Like `Backend.process`, but the returned hop is this stream's own copy."""
+        b = self.backend
+        with b._lock:
+            if b._active is not self:
+                b._switch_to(self)
+            return b.process(hop).copy()

@@ -54,6 +54,12 @@ class ExecuTorchBackend(Backend):
     def _speaker_changed(self) -> None:
         self._spk_t.copy_(self._torch.from_numpy(self._spk))
 
+    def _get_state(self) -> np.ndarray:
+        return self._inputs[2].numpy().copy()
+
+    def _set_state(self, state: np.ndarray) -> None:
+        self._inputs[2].copy_(self._torch.from_numpy(state))
+
     def reset(self) -> None:
         for t in self._inputs[2:]:
             t.zero_()

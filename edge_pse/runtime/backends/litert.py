@@ -58,6 +58,12 @@ class LiteRTBackend(Backend):
         quantize_into(self._spk_buf, self._spk, self._in_io[1])
         self._it.set_tensor(self._in_idx[1], self._spk_buf)
 
+    def _get_state(self) -> np.ndarray:
+        return self._it.get_tensor(self._state_in)  # get_tensor copies
+
+    def _set_state(self, state: np.ndarray) -> None:
+        self._it.set_tensor(self._state_in, state)
+
     def reset(self) -> None:
         self._it.set_tensor(self._state_in, np.zeros(self._in_io[2].shape, np.float32))
         self._speaker_changed()

@@ -39,6 +39,12 @@ class OnnxBackend(Backend):
     def _speaker_changed(self) -> None:
         """Nothing to copy: the feeds hold `self._spk` itself."""
 
+    def _get_state(self) -> np.ndarray:
+        return self._feeds[self._state_names[0]].copy()
+
+    def _set_state(self, state: np.ndarray) -> None:
+        self._feeds[self._state_names[0]] = state.copy()
+
     def reset(self) -> None:
         for n in self._state_names:
             self._feeds[n] = np.zeros_like(self._feeds[n])

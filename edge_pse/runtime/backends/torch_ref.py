@@ -36,6 +36,12 @@ class TorchBackend(Backend):
     def _speaker_changed(self) -> None:
         self._spk_t.copy_(self._torch.from_numpy(self._spk))
 
+    def _get_state(self) -> np.ndarray:
+        return self._state[0].numpy().copy()
+
+    def _set_state(self, state: np.ndarray) -> None:
+        self._state[0].copy_(self._torch.from_numpy(state))
+
     def reset(self) -> None:
         self._state = self._step.initial_state(1)
 
