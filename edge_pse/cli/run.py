@@ -132,13 +132,11 @@ def _run_remote(args: argparse.Namespace, profile, input_spec: str, out_path: Pa
 
 def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) -> dict:
     """File to file in blocks: read, resample, enhance, resample back, write; memory bounded by the block."""
-
     from edge_pse.runtime import audio_io
     from edge_pse.runtime.runner import run_blocks
 
     reader = audio_io.ClipReader(input_spec, session.sample_rate)
     hops = -(-reader.expected_samples // session.hop) + 1
-    show = not args.quiet and sys.stderr.isatty()
     show = not args.quiet and sys.stderr.isatty()
     with (
         _hop_progress(show, Path(input_spec).name, "enhancing", total=hops) as tick,
