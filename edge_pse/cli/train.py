@@ -22,7 +22,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--recipe",
         default="standard",
         help="training mixtures by stage (train/recipes.py): 'pse' teaches the speaker (two-talker dual-target "
-        "pairs, then noise, rooms and target absence); 'standard' is the first models' mix",
+        "pairs, then noise, rooms and target absence); 'pse-noise' fine-tunes a pse run (--init) with more noise; "
+        "'standard' is the first models' mix",
     )
     p.add_argument(
         "--conditioning",

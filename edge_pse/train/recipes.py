@@ -7,7 +7,9 @@ mixture, once per talker as the target) and the rest as single examples of the s
 
 `pse` is the recipe that teaches a small E3Net to use the speaker (docs/training.md has the measurements):
 two talkers only until the model separates them by the embedding, then noise, rooms and target absence come
-back while half of every batch stays two-talker. `standard` is the first shipped models' mix, kept so their
+back while half of every batch stays two-talker. `pse-noise` fine-tunes a `pse` run (`--init` its best) on
+its last stage with three times the share of noise-only rows, for a run whose noise SI-SDRi ends below zero
+(campaign stage A2). `standard` is the first shipped models' mix, kept so their
 runs still resume and a user can compare.
 """
 
@@ -86,6 +88,20 @@ RECIPES: dict[str, Recipe] = {
         level_weight=1.0,
     ),
 }
+# the fine-tune: pse's full stage, noise-only rows 15 % -> 45 % of a batch, pairs keep the speaker cue
+RECIPES["pse-noise"] = replace(
+    RECIPES["pse"],
+    name="pse-noise",
+    doc="fine-tune of a pse run: its full stage with 45 % noise-only rows (pse: 15 %) and noisier pairs",
+    stages=(
+        Stage(
+            "full-noise",
+            1.0,
+            0.4,
+            {**RECIPES["pse"].stages[-1].mixture, "pair_noise_prob": 0.7, "weights": (0.75, 0.0, 0.1, 0.05, 0.1)},
+        ),
+    ),
+)
 
 
 def get_recipe(name: str) -> Recipe:
