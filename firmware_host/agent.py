@@ -38,7 +38,7 @@ import numpy as np
 from edge_pse import __version__
 from edge_pse.bench.machine import machine_info  # one description of a machine for every report
 from edge_pse.errors import EdgePseError
-from edge_pse.runtime.session import WARMUP_HOPS  # the same warm-up as a local session
+from edge_pse.runtime.session import WARMUP_HOPS, warm_up  # the same warm-up as a local session
 from firmware_host import protocol as P
 from firmware_host.protocol import T
 from firmware_host.store import Store, Upload
@@ -435,9 +435,7 @@ class Agent:
             model = open_backend(bundle, backend, threads=threads, quantization=quantization)
             with self._lock:
                 self._model_loads += 1
-            zeros = np.zeros(model.hop_size, np.float32)
-            for _ in range(WARMUP_HOPS):  # first calls allocate and plan: keep them out of a stream's timings
-                model.process(zeros)
+            warm_up(model)  # first calls allocate and plan: keep them out of a stream's timings
             with self._lock:
                 if not any(k[0] == key[0] for k in self._models):  # another bundle became active: drop its models
                     self._models.clear()

@@ -86,8 +86,8 @@ MUTANTS = (
     Mutant(
         "int8 scale ignored when the speaker is quantized",
         "edge_pse/runtime/backends/base.py",
-        "        np.clip(np.rint(x / t.scale) + t.zero_point, info.min, info.max, out=dst, casting=\"unsafe\")\n",
-        "        np.clip(np.rint(x) + t.zero_point, info.min, info.max, out=dst, casting=\"unsafe\")\n",
+        '        np.clip(np.rint(x / t.scale) + t.zero_point, info.min, info.max, out=dst, casting="unsafe")\n',
+        '        np.clip(np.rint(x) + t.zero_point, info.min, info.max, out=dst, casting="unsafe")\n',
         ("tests/test_run.py", "-k", "reaches"),
     ),
     Mutant(

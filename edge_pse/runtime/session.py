@@ -51,6 +51,15 @@ def load_speaker(path: Path, manifest: dict) -> np.ndarray:
     return np.asarray(prof.embedding, dtype=np.float32).reshape(-1)
 
 
+def warm_up(backend) -> None:
+    """A runtime's first calls allocate arenas and pick kernels (ms, not us): make them before audio starts,
+    then start the stream from zero state."""
+    hop = np.zeros(backend.hop_size, np.float32)
+    for _ in range(WARMUP_HOPS):
+        backend.process(hop)
+    backend.reset()
+
+
 def open_backend_for(bundle, profile: Profile, backend: str | None, threads: int | None) -> tuple[object, list[str]]:
     """The first backend in the profile's order that the bundle has a file for and that loads here."""
     from edge_pse.runtime.backends import open_backend
@@ -91,9 +100,5 @@ def open_session(
     emb = load_speaker(speaker_path, bundle.manifest)
     be, tried = open_backend_for(bundle, profile, backend, threads)
     be.set_speaker(emb)
-    # a runtime's first calls allocate arenas and pick kernels (ms, not us): do them before audio starts
-    hop = np.zeros(int(bundle.manifest["hop"]), np.float32)
-    for _ in range(WARMUP_HOPS):
-        be.process(hop)
-    be.reset()
+    warm_up(be)
     return Session(bundle=bundle, backend=be, profile=profile, speaker_path=speaker_path, tried=tried)
