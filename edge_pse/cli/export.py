@@ -55,6 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="folder of calibration .npz files, or a data root laid out like ../shared/data (speech/, noise/, rir/) "
         "(default: the committed synthetic set shipped in edge_pse/calibration_data/)",
     )
+    p.add_argument(
+        "--activation-ranges",
+        metavar="FILE|none",
+        help="int8 activation ranges to pin (a bundle's activation_ranges.json, measured with --calibration on "
+        "real speech); default: the checkpoint's <name>.ranges.json when it has one and --calibration is not "
+        "given; none: calibrate on the clips only",
+    )
     p.add_argument("--output", type=Path, help="bundle folder (default artifacts/<student>-<mode>/)")
     p.add_argument("--clips", type=_positive_int, default=24, help="clips to mix when --calibration is a data root")
     p.add_argument("--calibration-hops", type=_positive_int, help="cap on hops per calibration clip")
@@ -71,6 +78,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "without it int8 loses its accuracy on quiet input)",
     )
     p.add_argument("--seed", type=int, default=0)
+
+
+def _ranges_path(args: argparse.Namespace, ckpt: Path) -> Path | None:
+    """The activation ranges to pin: the one named, else the checkpoint's own unless --calibration is given."""
+    from edge_pse.quant import ranges
+
+    if args.activation_ranges == "none" or args.mode != "ptq":
+        return None
+    if args.activation_ranges is not None:
+        path = Path(args.activation_ranges)
+        if not path.is_file():
+            raise EdgePseError(f"activation ranges {path} not found")
+        return path
+    own = ranges.beside(ckpt)
+    return own if args.calibration is None and own.is_file() else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 f"the shipped {name} checkpoint ({ckpt}) does not exist yet: train it first "
                 "(edge-pse train / distill) or pass --checkpoint PATH"
             )
+    ranges_path = _ranges_path(args, ckpt)
     if args.calibration is None:
         from edge_pse import calibration_data
 
@@ -109,10 +132,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from edge_pse.bundle import sha256_file
     from edge_pse.exporters.accuracy import Tolerance
     from edge_pse.exporters.pipeline import ExportOptions, GateFailed, export_bundle
     from edge_pse.exporters.report import rows_from_results, table
     from edge_pse.model.checkpoint import load_model
+    from edge_pse.quant import ranges
     from edge_pse.quant.calibration import load_calibration
 
     torch.set_num_threads(1)  # the latency figures are 1-thread figures; the box is shared
@@ -132,9 +157,12 @@ def run(args: argparse.Namespace) -> int:
         tolerance=tol,
         seed=args.seed,
         frame_level=args.frame_level_dbfs,
+        ranges=None if ranges_path is None else ranges.load(ranges_path, sha256_file(ckpt)),
     )
     console.print(f"exporting {ckpt} ({payload.get('preset')}), mode {args.mode}, formats {','.join(args.formats)}")
     console.print(f"calibration: {calib.describe()}")
+    if opts.ranges is not None:
+        console.print(f"int8 activation ranges: {ranges_path} (measured on {opts.ranges.source})")
     console.print(
         f"gate: int8 SNR vs float >= {tol.int8_min_snr_db:g} dB, SI-SDRi drop <= {tol.int8_max_drop_db:g} dB; "
         f"fp32 >= {tol.fp32_min_snr_db:g} dB, <= {tol.fp32_max_drop_db:g} dB"

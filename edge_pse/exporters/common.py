@@ -1,6 +1,6 @@
 """The stages every format module exposes, what they hand each other, and the float I/O description.
 
-Each of exporters/pte.py, tflite.py and onnx.py has `quantize(step, mode, clips, max_hops, qat) -> Quantized`
+Each of exporters/pte.py, tflite.py and onnx.py has `quantize(step, mode, clips, max_hops, qat, pinned) -> Quantized`
 and `lower(Quantized, out_dir) -> Exported`; the pipeline runs QAT once, then these two per format, then
 verifies every file in its own runtime (as ExecuTorch's aot_compiler: quantize, lower, verify).
 """
@@ -24,6 +24,7 @@ class Quantized:
     quantizer: Any = None  # LiteRT: the PT2E quantizer, which litert-torch's converter takes again
     clips: list = field(default_factory=list)  # ONNX: onnxruntime quantizes the lowered file with these
     max_hops: int | None = None
+    ranges: dict = field(default_factory=dict)  # PT2E int8: the activation (scale, zero point) clips showed
 
 
 @dataclass

@@ -50,9 +50,10 @@ class _StreamingReader:
         self._it = iter(self._items)
 
 
-def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None) -> Quantized:
+def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None, pinned: dict | None = None) -> Quantized:
     """Nothing to do in torch: onnxruntime quantizes the lowered float file (int8-*), calibrated on `clips`;
-    after QAT, the fine-tuned weights."""
+    after QAT, the fine-tuned weights. `pinned` ranges are PT2E's and do not apply (only the Linears are int8
+    here, which the synthetic clips calibrate within the gate)."""
     if mode == "qat":
         step = qat[1]
     return Quantized(step, step, MODES[mode], clips=[] if mode == "fp32" else clips, max_hops=max_hops)

@@ -25,6 +25,7 @@ from edge_pse.exporters.accuracy import Tolerance
 from edge_pse.exporters.common import Exported
 from edge_pse.model.config import state_spec
 from edge_pse.model.step import E3NetStep, run_step
+from edge_pse.quant import ranges as act_ranges
 from edge_pse.quant.calibration import CalibrationSet, Clip, at_level
 
 TOOLCHAIN = ("edge-pse", "torch", "torchao", "executorch", "litert-torch", "ai-edge-litert", "onnx", "onnxruntime")
@@ -45,6 +46,8 @@ class ExportOptions:
     # per-frame level normalisation of the exported step: "auto" keeps the checkpoint's own and gives one
     # trained without it DEFAULT_FRAME_LEVEL_DBFS (its int8 otherwise collapses on quiet input); "off"; or dBFS
     frame_level: str = "auto"
+    # stored activation ranges (quant/ranges.py) pinned in the PT2E int8 files instead of what calibration shows
+    ranges: act_ranges.ActivationRanges | None = None
 
     def frame_level_for(self, trained: float | None) -> float | None:
         if self.frame_level == "auto":
@@ -240,6 +243,7 @@ def manifest(
                 "checkpoint_sha256": sha256_file(source) if Path(source).is_file() else None,
                 "mode": opts.mode,
                 "calibration": calib.source,
+                "activation_ranges": None if opts.ranges is None else opts.ranges.source,
             },
         }
     )  # the digest covers every number beside the files' sha256 (an edited int8 scale is refused at load)
@@ -367,12 +371,21 @@ def export_bundle(
         if opts.mode == "qat":
             log(f"quantization-aware fine-tuning ({opts.qat_steps} steps), once for every format")
             qat = qat_run(step, opts, calib)
-        exported = []
+        exported, measured = [], {}
         for fmt in opts.formats:
             log(f"{fmt}: exporting ({MODES[opts.mode]})")
             stages = format_module(fmt)
-            quantized = stages.quantize(step, opts.mode, calib.calibration, opts.max_calibration_hops, qat)
+            pinned = opts.ranges.formats.get(fmt) if opts.ranges is not None and opts.mode == "ptq" else None
+            if opts.ranges is not None and opts.mode == "ptq" and pinned is None and fmt != "onnx":
+                raise EdgePseError(f"the activation ranges hold no {fmt} table; re-measure them with --calibration")
+            quantized = stages.quantize(step, opts.mode, calib.calibration, opts.max_calibration_hops, qat, pinned)
+            if quantized.ranges:
+                measured[fmt] = pinned or quantized.ranges
             exported.append(stages.lower(quantized, tmp))
+        if measured:  # what the int8 files were scaled with: shipping keeps it beside the checkpoint
+            origin = opts.ranges.source if opts.ranges is not None else calib.describe()
+            sha = sha256_file(source) if Path(source).is_file() else ""
+            act_ranges.save(tmp / act_ranges.FILENAME, act_ranges.ActivationRanges(sha, origin, measured))
         files = [
             FileEntry(e.path.name, e.format, e.quantization, sha256_file(e.path), e.path.stat().st_size, e.io)
             for e in exported

@@ -37,9 +37,10 @@ def ops_outside_delegate(graph: torch.fx.Graph) -> dict[str, int]:
     return dict(names)
 
 
-def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None) -> Quantized:
+def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None, pinned: dict | None = None) -> Quantized:
     """fp32: the float step. ptq: PT2E with XNNPACK's scheme, int8 weight constants folded (ExecuTorch wants
-    them so). qat: the QAT run's converted graph, which used this scheme."""
+    them so), activations at `pinned` ranges when given (quant/ranges.py). qat: the QAT run's converted graph,
+    which used this scheme."""
     from edge_pse.quant.float_state import with_float_paths
     from edge_pse.quant.ptq import quantize_ptq
 
@@ -48,8 +49,9 @@ def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None) -> Qu
     if mode == "qat":
         converted, tuned = qat
         return Quantized(converted, tuned, MODES[mode])
-    graph = quantize_ptq(step, with_float_paths(quantizer(), step), clips, max_hops, fold=True)
-    return Quantized(graph, step, MODES[mode])
+    measured: dict = {}
+    graph = quantize_ptq(step, with_float_paths(quantizer(), step), clips, max_hops, True, pinned, measured)
+    return Quantized(graph, step, MODES[mode], ranges=measured)
 
 
 def lower(q: Quantized, out_dir: Path) -> Exported:

@@ -60,9 +60,10 @@ def ops_summary(path: Path) -> dict[str, int]:
     return dict(ops)
 
 
-def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None) -> Quantized:
+def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None, pinned: dict | None = None) -> Quantized:
     """fp32: the float step. ptq: PT2E with litert-torch's own quantizer, Q/DQ pairs kept (its converter folds
-    them). qat: the same on the QAT run's fine-tuned weights."""
+    them), activations at `pinned` ranges when given (quant/ranges.py). qat: the same on the QAT run's
+    fine-tuned weights."""
     from edge_pse.quant.float_state import with_float_paths
     from edge_pse.quant.ptq import quantize_ptq
 
@@ -71,8 +72,9 @@ def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None) -> Qu
     if mode == "qat":
         step = qat[1]
     quant = with_float_paths(quantizer(), step)
-    graph = quantize_ptq(step, quant, clips, max_hops, fold=False)
-    return Quantized(graph, step, MODES[mode], quantizer=quant)
+    measured: dict = {}
+    graph = quantize_ptq(step, quant, clips, max_hops, False, pinned, measured)
+    return Quantized(graph, step, MODES[mode], quantizer=quant, ranges=measured)
 
 
 def lower(q: Quantized, out_dir: Path) -> Exported:

@@ -77,14 +77,28 @@ def prepare_observers(step: nn.Module, quantizer) -> torch.fx.GraphModule:
 
 
 def quantize_ptq(
-    step: nn.Module, quantizer, clips: list[Clip], max_hops: int | None = None, fold: bool = True
+    step: nn.Module,
+    quantizer,
+    clips: list[Clip],
+    max_hops: int | None = None,
+    fold: bool = True,
+    pinned: dict[str, list[float]] | None = None,
+    measured: dict[str, list[float]] | None = None,
 ) -> torch.fx.GraphModule:
     """export -> prepare (observers) -> calibrate on streaming states -> convert (Q/DQ graph).
 
     `fold` folds weight quantization into int8 constants (ExecuTorch needs it; litert-torch wants it unfolded).
+    `pinned`: stored activation (scale, zero point) per observer (quant/ranges.py) used instead of what `clips`
+    show; `measured`, when given, receives what `clips` showed (before pinning).
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
+    from edge_pse.quant import ranges
+
     prepared = prepare_observers(step, quantizer)
     calibrate(prepared, step, clips, max_hops)
+    if measured is not None:
+        measured.update(ranges.measured(prepared))
+    if pinned is not None:
+        ranges.pin(prepared, pinned, type(quantizer).__name__)
     return convert_pt2e(prepared, fold_quantize=fold)
