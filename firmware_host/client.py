@@ -6,7 +6,6 @@ Used by `edge-pse deploy`, `edge-pse run --target` and `edge-pse bench --target`
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -348,6 +347,42 @@ def _close_session(target: str, token: bytes, session: str) -> None:
         pass
 
 
+class RemoteTransport:
+    """runtime.files' transport over the link: hops go to the agent's stream session for the bundle deployed
+    at `target`, enhanced hops and the device's timings come back (stream_iter: resumed across drops)."""
+
+    def __init__(
+        self, target: str, token: bytes, speaker_path: str | Path, *, backend: str | None = None, threads: int = 1
+    ) -> None:
+        from edge_pse.runtime.session import load_speaker
+
+        st = status(target, token)
+        active = st.get("active")
+        if not active or "error" in active:
+            raise EdgePseError(f"{target}: no usable bundle deployed ({(active or {}).get('error', 'none')})")
+        self.target, self.token, self.machine = target, token, st.get("machine")
+        self.speaker = load_speaker(Path(speaker_path), {"speaker": active["speaker"]})
+        self.sample_rate, self.hop = int(active["sample_rate"]), int(active["hop"])
+        self.backend, self.threads = backend, threads
+
+    def stream(self, source, sink, stats, progress) -> dict:
+        def hops() -> Iterator[np.ndarray]:
+            while source.wait_hop():
+                yield source.read_hop()
+
+        def take(seq: int, y: np.ndarray, m_ns: int, d_ns: int) -> None:
+            sink.write_hop(y)
+            stats.record(int(d_ns), int(m_ns))  # the device's own clock: host and network time are not in it
+            if progress is not None:
+                progress(seq + 1)
+
+        info, reconnects = stream_iter(
+            self.target, self.token, hops(), self.speaker, take, backend=self.backend, threads=self.threads
+        )
+        ran = {k: v for k, v in info.items() if k != "session"}
+        return {"target": self.target, "device": self.machine, **ran, "reconnects": reconnects, "mode": "remote-file"}
+
+
 def remote_run(
     target: str,
     token: bytes,
@@ -358,71 +393,31 @@ def remote_run(
     backend: str | None = None,
     threads: int = 1,
     deadline_ms: float | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     stats_path: str | Path | None = None,
     describe: dict | None = None,
 ) -> dict:
     """`edge-pse run --target`: file in -> enhanced file out on the host, the model run on the device.
 
-    Same blocks, framing and latency compensation as a local `edge-pse run` (runner.BlockSource/BlockSink), so
-    the output equals a local run of the same bundle and backend. Returns the stats (device per-hop timings in
-    the same shape as the local stats, plus the host's view, after `describe`), also written to `stats_path`
-    together with the audio.
+    The same file path as a local `edge-pse run` (runtime.files.enhance_file), so the output equals a local run
+    of the same bundle and backend, and the stats have the same keys (per-hop times from the device's clock)
+    plus the link's (target, device, reconnects).
     """
     from edge_pse.runtime import audio_io
-    from edge_pse.runtime.runner import BlockSink, BlockSource
-    from edge_pse.runtime.session import load_speaker
-    from edge_pse.runtime.stats import HopStats, rtf
+    from edge_pse.runtime.files import enhance_file
 
     out_path = audio_io.check_output_path(output_path)
     audio_io.check_distinct({"input": input_path, "speaker": speaker_path}, {"output": out_path, "stats": stats_path})
-    st = status(target, token)
-    active = st.get("active")
-    if not active or "error" in active:
-        raise EdgePseError(f"{target}: no usable bundle deployed ({(active or {}).get('error', 'none')})")
-    emb = load_speaker(Path(speaker_path), {"speaker": active["speaker"]})
-    rate, hop = int(active["sample_rate"]), int(active["hop"])
-    # streamed like a local run: read, resample, send hops, receive, resample back, write, in bounded memory
-    reader = audio_io.ClipReader(input_path, rate)
-    n_hops = -(-reader.expected_samples // hop) + 1
-    source = BlockSource(reader.blocks(), hop, flush_hops=1)
-    stats = HopStats(n_hops, int(deadline_ms * 1e6) if deadline_ms else 1_000_000_000 * hop // rate)
-
-    def hops() -> Iterator[np.ndarray]:
-        while source.wait_hop():
-            yield source.read_hop()
-
-    with audio_io.ClipWriter(out_path, rate, reader.source_rate, reader.source_frames) as writer:
-        sink = BlockSink(writer.write, hop, delay=hop)
-
-        def take(seq: int, y: np.ndarray, m_ns: int, d_ns: int) -> None:
-            sink.write_hop(y)
-            stats.record(int(d_ns), int(m_ns))
-            if progress is not None:
-                progress(seq + 1)
-
-        t0 = time.perf_counter_ns()
-        info, reconnects = stream_iter(target, token, hops(), emb, take, backend=backend, threads=threads)
-        sink.flush(limit=source.samples)
-        wall_ns = time.perf_counter_ns() - t0
-        audio_s = stats.hops * hop / rate
-        result = {
-            **(describe or {}),
-            "target": target,
-            "device": st.get("machine"),
-            **{k: v for k, v in info.items() if k != "session"},
-            **stats.summary(),
-            "rtf": rtf(stats.busy_ns(), audio_s),
-            "host_wall_s": round(wall_ns / 1e9, 3),
-            "reconnects": reconnects,
-            "output_clipped": sink.clipped,
-            "mode": "remote-file",
-            "input": str(input_path),
-            "output": str(out_path),
-            "output_frames": reader.source_frames,  # ClipWriter pads or trims to exactly this
-        }
-        audio_io.land_together(writer.commit, stats_path, json.dumps(result, indent=2) + "\n")
-    return result
+    transport = RemoteTransport(target, token, speaker_path, backend=backend, threads=threads)
+    return enhance_file(
+        transport,
+        input_path,
+        out_path,
+        deadline_ms=deadline_ms,
+        stats_path=stats_path,
+        describe=describe,
+        progress=progress,
+    )
 
 
 # --- bench

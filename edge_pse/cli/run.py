@@ -131,50 +131,24 @@ def _run_remote(args: argparse.Namespace, profile, input_spec: str, out_path: Pa
 
 
 def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) -> dict:
-    """File to file in blocks: read, resample, enhance, resample back, write; memory bounded by the block."""
-    from edge_pse.runtime import audio_io
-    from edge_pse.runtime.runner import run_blocks
+    """File to file in blocks through the session's backend (runtime/files.py)."""
+    from edge_pse.runtime.files import LocalTransport, enhance_file
 
-    reader = audio_io.ClipReader(input_spec, session.sample_rate)
-    hops = -(-reader.expected_samples // session.hop) + 1
-    show = not args.quiet and sys.stderr.isatty()
-    with (
-        _hop_progress(show, Path(input_spec).name, "enhancing", total=hops) as tick,
-        # the output has the input's rate and exactly its number of frames (mono: the model hears one channel)
-        audio_io.ClipWriter(out_path, session.sample_rate, reader.source_rate, reader.source_frames) as writer,
-    ):
-        stats = run_blocks(
-            session.backend,
-            reader.blocks(),
-            writer.write,
-            hop=session.hop,
-            sample_rate=session.sample_rate,
-            expected_hops=hops,
-            deadline_ns=int(session.profile.deadline_ms * 1e6),
-            tick=(lambda st: tick(st.hops)) if show else None,
+    with _hop_progress(not args.quiet and sys.stderr.isatty(), Path(input_spec).name, "enhancing") as tick:
+        return enhance_file(
+            LocalTransport(session.backend, session.sample_rate, session.hop),
+            input_spec,
+            out_path,
+            deadline_ms=session.profile.deadline_ms,
+            stats_path=args.stats,
+            describe=describe,
+            progress=tick,
         )
-        tick(hops)
-        stats = {**describe, **stats}
-        stats.update(
-            {
-                "mode": "file",
-                "input": str(input_spec),
-                "output": str(out_path),
-                "input_rate": reader.source_rate,
-                "input_channels": reader.source_channels,
-                "input_frames": reader.source_frames,
-                "output_frames": reader.source_frames,  # ClipWriter pads or trims to exactly this
-                "input_clipped": reader.input_clipped,
-                "input_silent": reader.silent,
-            }
-        )
-        audio_io.land_together(writer.commit, args.stats, json.dumps(stats, indent=2) + "\n")
-    return stats
 
 
 @contextlib.contextmanager
-def _hop_progress(show: bool, name: str, what: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-    """The progress bar of a file run, local or remote: yields tick(hops done)."""
+def _hop_progress(show: bool, name: str, what: str) -> Iterator[Callable[[int, int], None]]:
+    """The progress bar of a file run, local or remote: yields tick(hops done, hops in all)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -185,8 +159,8 @@ def _hop_progress(show: bool, name: str, what: str, total: int | None = None) ->
         disable=not show,
         transient=True,
     ) as progress:
-        task = progress.add_task(what, total=total, name=name)
-        yield lambda k: progress.update(task, completed=k)
+        task = progress.add_task(what, total=None, name=name)
+        yield lambda k, total: progress.update(task, completed=k, total=total)
 
 
 def _run_live(session, args, mic, spk) -> dict:

@@ -259,38 +259,14 @@ def collector_paused() -> Iterator[None]:
         gc.unfreeze()
 
 
-def run_blocks(
-    backend: Backend,
-    blocks: Iterator[np.ndarray],
-    write: Callable[[np.ndarray], None],
-    *,
-    hop: int,
-    sample_rate: int,
-    expected_hops: int,
-    deadline_ns: int | None = None,
-    tick: Callable[[HopStats], None] | None = None,
+def file_summary(
+    stats: HopStats, hop: int, sample_rate: int, n_in: int, n_out: int, wall_ns: int, clipped: int
 ) -> dict:
-    """Enhance int16 blocks (a file read in blocks) into `write`, lag compensated exactly as `run_array`: the
-    written samples are as many as were read and equal run_array's output on the same samples. Memory does
-    not depend on the duration. Returns the stats dict (same keys as run_array's)."""
-    source = BlockSource(blocks, hop, flush_hops=1)
-    sink = BlockSink(write, hop, delay=hop)
-    hop_ns = hop * 1_000_000_000 // sample_rate
-    stats = HopStats(expected_hops, deadline_ns or hop_ns)
-    with collector_paused():
-        t0 = time.perf_counter_ns()
-        stream(backend, source, sink, stats, tick=tick)
-        sink.flush(limit=source.samples)
-        wall_ns = time.perf_counter_ns() - t0  # includes reading, resampling and writing the file
-    return _summary(backend, stats, hop, sample_rate, source.samples, sink.samples, wall_ns, sink.clipped)
-
-
-def _summary(backend, stats: HopStats, hop: int, sample_rate: int, n_in: int, n_out: int, wall_ns: int, clipped: int):
+    """The stats of a whole clip's run (docs/runtime.md): per-hop percentiles, busy and wall RTF, samples."""
     summary = stats.summary()
     audio_s = stats.hops * hop / sample_rate
     summary.update(
         {
-            "backend": backend.name,
             "sample_rate": sample_rate,
             "hop": hop,
             "input_samples": n_in,
@@ -337,4 +313,5 @@ def run_array(
         stream(backend, source, sink, stats, tick=tick)
         pcm_out = sink.pcm
         wall_ns = time.perf_counter_ns() - t0  # includes the whole-clip float -> int16 conversion
-    return pcm_out, _summary(backend, stats, hop, sample_rate, len(pcm), len(pcm_out), wall_ns, sink.clipped)
+    summary = file_summary(stats, hop, sample_rate, len(pcm), len(pcm_out), wall_ns, sink.clipped)
+    return pcm_out, {"backend": backend.name, **summary}
