@@ -37,6 +37,23 @@ def test_losses_on_known_signals() -> None:
     assert enhancement_loss(0.01 * ref[:1], silent) < enhancement_loss(0.5 * ref[:1], silent)
 
 
+def test_the_asymmetric_loss_weighs_a_muted_target_more_than_leftover_noise() -> None:
+    """pse-keep's over-suppression weight: losing half the target's magnitude costs more than adding the same
+    magnitude on top, and only when asked (the other recipes stay symmetric)."""
+    from edge_pse.train.recipes import get_recipe
+
+    torch.manual_seed(0)
+    ref = torch.randn(1, 8000)
+    muted, doubled = 0.5 * ref, 1.5 * ref  # the same magnitude error, missing vs in excess
+    sym = compressed_spectral(muted, ref) / compressed_spectral(doubled, ref)
+    asym = compressed_spectral(muted, ref, over_suppression=3.0) / compressed_spectral(
+        doubled, ref, over_suppression=3.0
+    )
+    assert asym > 4 * sym
+    assert get_recipe("pse-keep").loss_weights["over_suppression"] == 3.0
+    assert get_recipe("pse").loss_weights["over_suppression"] == 1.0
+
+
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(datasets, tmp_path) -> None:
     trainer = make_trainer(datasets, tmp_path, steps=100)
     trainer.batch_indices = lambda step: [0, 1, 2, 3]  # overfit one batch

@@ -23,7 +23,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
         default="standard",
         help="training mixtures by stage (train/recipes.py): 'pse' teaches the speaker (two-talker dual-target "
         "pairs, then noise, rooms and target absence); 'pse-noise' fine-tunes a pse run (--init) with more noise; "
-        "'standard' is the first models' mix",
+        "'pse-keep' fine-tunes one against muting the target (asymmetric loss); 'standard' is the first models' mix",
     )
     p.add_argument(
         "--conditioning",

@@ -27,14 +27,23 @@ def compressed_spectral(
     n_fft: int = 512,
     hop: int = 128,
     complex_weight: float = 0.3,
+    over_suppression: float = 1.0,
 ) -> torch.Tensor:
-    """Per-row MSE between power-law compressed spectra (magnitude and compressed complex terms)."""
+    """Per-row MSE between power-law compressed spectra (magnitude and compressed complex terms).
+
+    `over_suppression` > 1 weighs magnitude that the estimate is missing (below the reference) that many times
+    more than magnitude it has too much of: VoiceFilter-Lite's asymmetric loss (Wang et al., Interspeech 2020),
+    against a speaker-selective model muting its own talker where it is unsure.
+    """
     window = torch.hann_window(n_fft, device=est.device)
     e = torch.stft(est, n_fft, hop, window=window, return_complex=True)
     r = torch.stft(ref, n_fft, hop, window=window, return_complex=True)
     e_mag = (e.abs() + EPS).pow(power)
     r_mag = (r.abs() + EPS).pow(power)
-    mag = (e_mag - r_mag).pow(2).mean(dim=(-2, -1))
+    missing = r_mag - e_mag
+    if over_suppression != 1.0:
+        missing = torch.where(missing > 0, over_suppression * missing, missing)
+    mag = missing.pow(2).mean(dim=(-2, -1))
     e_c = e_mag * torch.exp(1j * torch.angle(e))
     r_c = r_mag * torch.exp(1j * torch.angle(r))
     cplx = (e_c - r_c).abs().pow(2).mean(dim=(-2, -1))
@@ -48,14 +57,19 @@ def target_gain_db(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def enhancement_loss(
-    est: torch.Tensor, ref: torch.Tensor, spectral_weight: float = 10.0, level_weight: float = 0.0
+    est: torch.Tensor,
+    ref: torch.Tensor,
+    spectral_weight: float = 10.0,
+    level_weight: float = 0.0,
+    over_suppression: float = 1.0,
 ) -> torch.Tensor:
     """Mean over the batch of -SI-SNR/10 (rows with a target) + spectral_weight * compressed spectral loss
     + level_weight * (target gain in dB / 10)^2 (rows with a target). SI-SNR ignores scale and the compressed
     spectrum barely sees it, so without the level term a model that cannot yet tell what to keep turns its
-    whole output down (~10 dB measured): the level term holds the target's voice at its input level."""
+    whole output down (~10 dB measured): the level term holds the target's voice at its input level.
+    `over_suppression`: see compressed_spectral."""
     has_target = ref.pow(2).mean(-1) > 1e-10
-    spec = compressed_spectral(est, ref)
+    spec = compressed_spectral(est, ref, over_suppression=over_suppression)
     zeros = torch.zeros_like(spec)
     snr_term = torch.where(has_target, -si_snr(est, ref) / 10.0, zeros)
     loss = snr_term + spectral_weight * spec

@@ -300,13 +300,13 @@ class Trainer:
         loss = torch.zeros(())
         w = self.cfg.kd_weight
         if w < 1.0:  # the output lags the input by one hop: compare with the reference one hop earlier
-            loss = loss + (1 - w) * enhancement_loss(out[:, hop:], ref[:, :-hop], level_weight=self.recipe.level_weight)
+            loss = loss + (1 - w) * enhancement_loss(out[:, hop:], ref[:, :-hop], **self.recipe.loss_weights)
         t_out = None
         if w > 0.0:
             assert self.teacher is not None
             with torch.no_grad():
                 t_out = self.teacher(mix, emb)
-            loss = loss + w * enhancement_loss(out, t_out, level_weight=self.recipe.level_weight)
+            loss = loss + w * enhancement_loss(out, t_out, **self.recipe.loss_weights)
         if self.asr is not None:
             loss = loss + self.cfg.asr_weight * self._asr_term(out[:, hop:], ref[:, :-hop], mix, t_out, hop, indices)
         return loss
