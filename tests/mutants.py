@@ -99,9 +99,9 @@ MUTANTS = (
     ),
     Mutant(
         "the streamed file run drops the lag compensation",
-        "edge_pse/runtime/runner.py",
-        "    sink = BlockSink(write, hop, delay=hop)\n",
-        "    sink = BlockSink(write, hop, delay=0)\n",
+        "edge_pse/runtime/files.py",
+        "        sink = BlockSink(writer.write, hop, delay=hop)\n",
+        "        sink = BlockSink(writer.write, hop, delay=0)\n",
         ("tests/test_run.py", "-k", "streamed"),
     ),
 )

@@ -20,12 +20,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def shipped_tiny() -> E3NetStep:
-    """The shipped tiny: distilled from the teacher, its block-0 cell state spans about -47..+140 at an rms of
-    ~7 on the calibration set (docs/bundle.md)."""
+def distilled() -> E3NetStep:
+    """The shipped small, distilled from the teacher and trained without level normalisation: its cell states
+    accumulate (the distilled tiny's block 0 spanned about -47..+140 at an rms of ~7 on the calibration set,
+    docs/bundle.md)."""
     from edge_pse.model.checkpoint import load_model
 
-    return E3NetStep(load_model("tiny")[0]).eval()
+    return E3NetStep(load_model("small")[0]).eval()
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,9 @@ def stream(module, step: E3NetStep, clips) -> tuple[np.ndarray, list[float]]:
     return torch.cat(outs, 1).numpy(), c_max
 
 
-def test_the_packed_state_input_is_found_by_name(shipped_tiny) -> None:
-    assert float_inputs(shipped_tiny) == {"state"}
+def test_the_packed_state_input_is_found_by_name(distilled) -> None:
+    assert distilled.cfg.frame_level_dbfs is None
+    assert float_inputs(distilled) == {"state"}
 
 
 def test_a_level_normalising_step_also_keeps_its_level_dependent_inputs_float() -> None:
@@ -60,17 +62,18 @@ def test_a_level_normalising_step_also_keeps_its_level_dependent_inputs_float() 
 
 
 @pytest.mark.slow
-def test_int8_with_a_float_cell_state_tracks_the_float_step(shipped_tiny, clips) -> None:
-    """Measured: 10.3 dB SNR vs float with an int8 cell state, 23.4 dB with a float one (.pte PTQ)."""
+def test_int8_with_a_float_cell_state_tracks_the_float_step(distilled, clips) -> None:
+    """Measured on the distilled tiny: 10.3 dB SNR vs float with an int8 cell state, 23.4 dB with a float one
+    (.pte PTQ); on the distilled small: see the assertion."""
     from edge_pse.exporters import pte
 
     calibration, heldout = clips
-    ref, c_max = stream(shipped_tiny, shipped_tiny, heldout)
+    ref, c_max = stream(distilled, distilled, heldout)
     assert max(c_max) > 30  # the premise: an accumulating cell state
-    all_int8 = quantize_ptq(shipped_tiny, pte.quantizer(), calibration)
-    float_c = quantize_ptq(shipped_tiny, with_float_paths(pte.quantizer(), shipped_tiny), calibration)
-    snr_all_int8 = snr_db(ref, stream(all_int8, shipped_tiny, heldout)[0])
-    snr_float_c = snr_db(ref, stream(float_c, shipped_tiny, heldout)[0])
+    all_int8 = quantize_ptq(distilled, pte.quantizer(), calibration)
+    float_c = quantize_ptq(distilled, with_float_paths(pte.quantizer(), distilled), calibration)
+    snr_all_int8 = snr_db(ref, stream(all_int8, distilled, heldout)[0])
+    snr_float_c = snr_db(ref, stream(float_c, distilled, heldout)[0])
     assert snr_float_c >= 20 and snr_float_c > snr_all_int8 + 6, (snr_float_c, snr_all_int8)
 
 

@@ -215,8 +215,8 @@ def test_conditioning_is_part_of_the_run(datasets, tmp_path) -> None:
     concat = make_trainer(datasets, tmp_path / "b", steps=2, conditioning="concat")
     with pytest.raises(EdgePseError, match="film-conditioned tiny, this run trains concat"):
         concat.resume(tmp_path / "a" / "last.pt")
-    with pytest.raises(EdgePseError, match="--conditioning concat to fine-tune it"):
-        make_trainer(datasets, tmp_path / "c", steps=2).init_from("tiny")  # the shipped tiny predates FiLM
+    with pytest.raises(EdgePseError, match="--conditioning film to fine-tune it"):  # the shipped tiny is FiLM
+        make_trainer(datasets, tmp_path / "c", steps=2, conditioning="concat").init_from("tiny")
     # the standardisation comes from the training speakers' d-vectors and is saved with the weights
     emb = torch.from_numpy(__import__("numpy").concatenate(datasets[0]._embeddings))
     assert torch.allclose(film.model.spk_mean, emb.mean(0))
@@ -296,10 +296,10 @@ def test_distill_init_from_the_cli_records_where_the_weights_came_from(synthetic
     from edge_pse.cli import main
 
     out = tmp_path / "ft"
-    args = _distill(synthetic_root, out, "--init", "tiny", "--conditioning", "concat")
+    args = _distill(synthetic_root, out, "--init", "tiny")
     assert main(args) == 0
     model, payload = load_model(out / "last.pt")
-    assert model.cfg.conditioning == "concat" and payload["extra"]["lineage"][-1]["source"] == "tiny"
+    assert model.cfg.conditioning == "film" and payload["extra"]["lineage"][-1]["source"] == "tiny"
     shipped, _ = load_model("tiny")  # fine-tuning starts from the shipped weights, not from scratch
     moved = [(a - b).abs().max().item() for a, b in zip(model.parameters(), shipped.parameters(), strict=True)]
     assert 0 < max(moved) < 0.1
@@ -317,6 +317,8 @@ def test_ship_replaces_the_shipped_weights_and_writes_a_card_from_the_run(datase
     repo = Path(__file__).resolve().parent.parent
     pkg = tmp_path / "pkg"
     shutil.copytree(repo / "edge_pse", pkg / "edge_pse", ignore=shutil.ignore_patterns("bundles", "__pycache__"))
+    stale_ranges = pkg / "edge_pse" / "checkpoints" / "tiny.ranges.json"
+    stale_ranges.write_text("{}")  # int8 ranges of the weights being replaced
     run = tmp_path / "run"
     make_trainer(datasets, run, steps=2, val_every=2).fit(show_progress=False)
     res = subprocess.run(
@@ -336,6 +338,7 @@ def test_ship_replaces_the_shipped_weights_and_writes_a_card_from_the_run(datase
     assert "edge-pse train --preset tiny ..." in card and "3 s" in card and "Measured quality" in card
     copied = (pkg / "edge_pse" / "checkpoints" / "tiny.pt").read_bytes()
     assert copied != (repo / "edge_pse" / "checkpoints" / "tiny.pt").read_bytes()  # the checkout's stays as it was
+    assert not stale_ranges.exists() and "removed tiny.ranges.json" in res.stdout
 
 
 def test_batches_made_by_worker_processes_are_the_batches_made_inline(datasets, tmp_path) -> None:

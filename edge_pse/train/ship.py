@@ -20,6 +20,7 @@ import torch
 
 from edge_pse.model.checkpoint import SHIPPED_DIR, load_model, read_checkpoint, save_checkpoint
 from edge_pse.model.stats import model_stats
+from edge_pse.quant import ranges
 from edge_pse.train.trainer import lineage_of
 
 FP16_MIN_SNR_DB = 60.0
@@ -79,7 +80,8 @@ def card(
         f"- Targets: {targets}.",
         "- Validation SI-SNRi history (dB): "
         + ", ".join(f"{h['step']}: {h['val_si_snri_db']:+.2f}" for h in hist if "val_si_snri_db" in h),
-        f"- Kept: the best validation step ({extra.get('best_val', float('nan')):+.2f} dB).",
+        _kept_line(extra, hist),
+        *(f"- {note}" for note in extra.get("ship_notes", [])),
         f"- Stored as {'fp16' if fp16 else 'fp32'} (fp16 weights vs fp32: output SNR {snr16:.1f} dB).",
         "",
         "## Data",
@@ -118,6 +120,17 @@ def card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _kept_line(extra: dict, hist: list[dict]) -> str:
+    """Which step was kept, and against the run's best validation score (a last step may be kept on purpose)."""
+    best = extra.get("best_val", float("nan"))
+    scores = {h["step"]: h["val_si_snri_db"] for h in hist if "val_si_snri_db" in h}
+    step = extra.get("step")
+    if step in scores and abs(scores[step] - best) < 1e-6:
+        return f"- Kept: the best validation step ({best:+.2f} dB)."
+    best_step = max(scores, key=scores.get) if scores else "?"
+    return f"- Kept: step {step} (the run's best validation score was {best:+.2f} dB, at step {best_step})."
 
 
 def _stage_line(st: dict) -> str:
@@ -175,6 +188,7 @@ def main() -> None:
         help="the --init checkpoint of a run made before runs recorded it (path or shipped name): its training "
         "stages go into the card",
     )
+    ap.add_argument("--note", action="append", default=[], help="a line for the card's Training section (repeat)")
     ap.add_argument("--card-only", action="store_true", help="rewrite the model card, keep the shipped weights")
     args = ap.parse_args()
     dst = SHIPPED_DIR / f"{args.name}.pt"
@@ -185,8 +199,10 @@ def main() -> None:
         if args.run is None:
             ap.error("--run is required unless --card-only")
         model, payload = load_model(args.run / args.checkpoint)
-        history = read_checkpoint(args.run / "last.pt").get("extra", {}).get("history", [])
-        payload.setdefault("extra", {})["history"] = history
+        last = args.run / "last.pt"  # a finished run may keep only its final weights, which carry the history
+        if last.is_file():
+            history = read_checkpoint(last).get("extra", {}).get("history", [])
+            payload.setdefault("extra", {})["history"] = history
         snr16 = fp16_snr_db(model)
         fp16 = snr16 >= FP16_MIN_SNR_DB
         extra = {k: v for k, v in payload["extra"].items() if k != "optimizer"}
@@ -197,8 +213,15 @@ def main() -> None:
             if stage.get("source") in {"tiny", "small", "teacher"} and "command" not in stage:
                 stage |= _shipped_stage_record(stage["source"])
         payload["extra"] = extra
-        extra |= {"stored_fp16": fp16, "fp16_snr_db": round(snr16, 1)}
+        extra |= {"stored_fp16": fp16, "fp16_snr_db": round(snr16, 1), "ship_notes": args.note}
         save_checkpoint(dst, model, payload["preset"], extra=extra, half=fp16)
+        stale = ranges.beside(dst)  # int8 ranges measured on the weights just replaced
+        if stale.is_file():
+            stale.unlink()
+            print(
+                f"removed {stale.name} (measured on the old weights): export with --calibration DATA_ROOT and copy "
+                f"the bundle's {ranges.FILENAME} to {stale}"
+            )
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
     stats = model_stats(payload["preset"], model.cfg)
     text = card(args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16)
