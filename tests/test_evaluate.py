@@ -76,3 +76,21 @@ def test_swap_gap_level_sweeps_and_long_streams_score_what_they_claim(synthetic_
         assert abs(r["swap_si_sdri"]) < 1e-6 and r["gap"] == r["si_sdri"] > 30
         assert abs(r["target_gain_db"] - 20 * np.log10(0.5)) < 0.01
     assert out["long-stream"]["pause_level_db"] < -80  # digital silence vs the other talker and noise
+
+
+def test_evaluate_scores_the_shipped_int8_bundle_in_its_runtime(synthetic_root, tmp_path) -> None:
+    """--bundle: the file that ships, run hop by hop by LiteRT, scored like a checkpoint; its figures are the
+    int8 file's own (close to, not equal to, the float checkpoint's on the same mixtures)."""
+    from pathlib import Path
+
+    bundle = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles" / "tiny-int8"
+    common = ["--data", str(synthetic_root), "--json", "--fast", "--per-condition", "2", "--seconds", "2"]
+    res = edge_pse("evaluate", "--bundle", str(bundle), "--backend", "litert", *common)
+    assert res.returncode == 0, res.stderr
+    int8 = json.loads(res.stdout)
+    assert int8["meta"]["bundle"] == str(bundle) and int8["meta"]["backend"] == "litert"
+    float_ = json.loads(edge_pse("evaluate", "--checkpoint", "tiny", *common).stdout)
+    for c in ("noise", "interferer", "both"):
+        assert int8[c]["si_sdri"] != float_[c]["si_sdri"] and abs(int8[c]["si_sdri"] - float_[c]["si_sdri"]) < 2.0
+    res = edge_pse("evaluate", "--bundle", str(tmp_path), *common)
+    assert res.returncode == 2 and "manifest.json" in res.stderr and "Traceback" not in res.stderr

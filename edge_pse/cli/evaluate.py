@@ -1,4 +1,5 @@
-"""`edge-pse evaluate`: metrics per condition for a checkpoint on a held-out set built from a data root."""
+"""`edge-pse evaluate`: metrics per condition for a checkpoint, or for a bundle's file in its own runtime (what
+ships), on a held-out set built from a data root."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="tiny", help="checkpoint path or shipped model name (tiny, small, teacher)")
+    p.add_argument(
+        "--bundle",
+        help="score an exported bundle hop by hop in its runtime instead of a checkpoint (e.g. "
+        "edge_pse/bundles/tiny-int8: the int8 model that ships)",
+    )
+    p.add_argument(
+        "--backend", default="litert", help="with --bundle: litert (default), executorch or onnx (its file format)"
+    )
     p.add_argument("--data", required=True, help="data root laid out like ../shared/data")
     p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split (default: test)")
     p.add_argument("--per-condition", type=int, default=20, help="utterances per condition")
@@ -30,19 +39,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from edge_pse.errors import EdgePseError
-    from edge_pse.eval.evaluate import EvalSet, score, torch_enhancer
-    from edge_pse.model.checkpoint import load_model
+    from edge_pse.eval.evaluate import EvalSet, score
 
     if args.per_condition <= 0:
         raise EdgePseError("--per-condition must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, payload = load_model(args.checkpoint)
+    enhance, what, preset = _enhancer(args)
     evalset = EvalSet.build(
         args.data, split=args.split, per_condition=args.per_condition, seconds=args.seconds, sweeps=args.sweeps
     )
     result = score(
-        torch_enhancer(model),
+        enhance,
         evalset,
         asr=not (args.no_asr or args.fast),
         intrusive_extras=not args.fast,
@@ -50,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     result["meta"] = {
-        "checkpoint": str(args.checkpoint),
-        "preset": payload["preset"],
+        "checkpoint": None if args.bundle else str(args.checkpoint),
+        "bundle": args.bundle,
+        "backend": args.backend if args.bundle else "torch",
+        "preset": preset,
         "split": args.split,
         "per_condition": args.per_condition,
         "seconds": args.seconds,
@@ -68,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     cols = ["count", "si_sdri", "swap_si_sdri", "gap", "target_gain_db", "si_sdr", "pesq", "stoi", "pdnsmos_ovrl"]
     cols += ["wer", "wer_in", "tsos", "tsos_share", "absent_level_db", "pause_level_db"]
-    table = Table(title=f"{args.checkpoint} ({payload['preset']}) on the {args.split} split")
+    table = Table(title=f"{what} ({preset}) on the {args.split} split")
     table.add_column("condition")
     for c in cols:
         table.add_column(c, justify="right")
@@ -80,3 +90,21 @@ def run(args: argparse.Namespace) -> int:
         )
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0
+
+
+def _enhancer(args: argparse.Namespace):
+    """(enhance(mixture, embedding) -> output, what it is, preset): the float checkpoint in torch, or a bundle's
+    file run hop by hop by its backend exactly as `edge-pse bench` scores a cell."""
+    if args.bundle is None:
+        from edge_pse.eval.evaluate import torch_enhancer
+        from edge_pse.model.checkpoint import load_model
+
+        model, payload = load_model(args.checkpoint)
+        return torch_enhancer(model), str(args.checkpoint), payload["preset"]
+    from edge_pse.bench.cell import open_cell
+    from edge_pse.bench.quality import streamer_enhancer
+    from edge_pse.bundle import Bundle
+
+    preset = Bundle.load(args.bundle).manifest["preset"]  # a missing or tampered bundle is refused here
+    cell = open_cell({"kind": "bundle", "path": args.bundle, "backend": args.backend, "threads": max(args.threads, 1)})
+    return streamer_enhancer(cell), f"{args.bundle} in {args.backend}", preset
