@@ -21,7 +21,7 @@ import soxr
 from scipy import signal
 
 from edge_pse.data.sources import SAMPLE_RATE, Sources, Speaker, audio_files, load_audio, load_sources
-from edge_pse.data.synth import procedural_noise, rms, simulated_rir
+from edge_pse.data.synth import below, procedural_noise, rms, simulated_rir
 from edge_pse.errors import EdgePseError
 
 CONDITIONS = ("noise", "interferer", "both", "absent", "reverberant")
@@ -286,12 +286,12 @@ class MixtureDataset:
             if reverberant:
                 talker = _reverb(talker, self._rir(rng)[0])
             sir = rng.uniform(*cfg.sir_db)
-            mixture += talker * (rms(target) / rms(talker) / 10 ** (sir / 20))
+            mixture += below(talker, rms(target), sir)
             meta.update(interferer=spk2.id, sir_db=round(float(sir), 2))
         if with_noise:
             noise, meta["noise"] = self._noise(rng)
             snr = rng.uniform(*cfg.snr_db)
-            mixture += noise * (rms(target) / rms(noise) / 10 ** (snr / 20))
+            mixture += below(noise, rms(target), snr)
             meta["snr_db"] = round(float(snr), 2)
         if condition == "absent":
             ref = np.zeros_like(ref)
@@ -343,7 +343,7 @@ class MixtureDataset:
         talker *= rms(active * gain) / rms(talker)
         noise, noise_name = self._noise_of_length(n, rng)
         snr = rng.uniform(15.0, 25.0)
-        mixture = target + talker + noise * (rms(active * gain) / rms(noise) / 10 ** (snr / 20))
+        mixture = target + talker + below(noise, rms(active * gain), snr)
         scale = min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
         meta = {
             "speaker": self.sources.speakers[s].id,
@@ -401,7 +401,7 @@ class MixtureDataset:
         if rng.random() < cfg.pair_noise_prob:
             noise, extra["noise"] = self._noise(rng)
             snr = rng.uniform(*cfg.snr_db)  # against the louder talker
-            mixture = mixture + noise * (max(rms(wet[0]), rms(wet[1])) / rms(noise) / 10 ** (snr / 20))
+            mixture = mixture + below(noise, max(rms(wet[0]), rms(wet[1])), snr)
             extra["snr_db"] = round(float(snr), 2)
         scale = min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
         mixture = (mixture * scale).astype(np.float32)

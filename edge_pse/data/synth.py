@@ -17,6 +17,11 @@ def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
 
 
+def below(other: np.ndarray, reference_rms: float, db: float) -> np.ndarray:
+    """`other` scaled to `db` dB below `reference_rms`: the one way every mixture sets an SNR or an SIR."""
+    return other * (reference_rms / rms(other) / 10 ** (db / 20))
+
+
 def colored_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
     """Noise with a 1/f**exponent power spectrum (0 white, 1 pink, 2 brown)."""
     spec = np.fft.rfft(rng.standard_normal(n))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_pse.atomic import atomic_path
-from edge_pse.data.synth import SAMPLE_RATE, SyntheticVoice, procedural_noise, rms, synthetic_speech
+from edge_pse.data.synth import SAMPLE_RATE, SyntheticVoice, below, procedural_noise, rms, synthetic_speech
 from edge_pse.errors import EdgePseError
 from edge_pse.runtime.frontend import INT16_SCALE, float_to_int16
 
@@ -147,7 +147,7 @@ def mix(
     mixture = target.copy()
     for other, db in ((noise, snr_db), (interferer, sir_db)):
         if other is not None:
-            mixture += other[: target.size] * (rms(target) / rms(other) / 10 ** (db / 20))
+            mixture += below(other, rms(target), db)[: target.size]
     gain = float(rng.uniform(0.3, 0.9)) / max(float(np.abs(mixture).max()), 1e-6)
     return (mixture * gain).astype(np.float32), (target * gain).astype(np.float32)
 
