@@ -51,7 +51,15 @@ def _fmt(v) -> str:
 
 
 def card(
-    name: str, payload: dict, stats, evaluation: dict | None, command: str, wall: str, fp16: bool, snr16: float
+    name: str,
+    payload: dict,
+    stats,
+    evaluation: dict | None,
+    command: str,
+    wall: str,
+    fp16: bool,
+    snr16: float,
+    limits: list[str] = (),
 ) -> str:
     extra = payload.get("extra", {})
     tc = extra.get("train_config", {})
@@ -92,20 +100,22 @@ def card(
     if evaluation:
         meta = evaluation.get("meta", {})
         lines += [
-            f"`edge-pse evaluate --checkpoint {name} --data DATA {meta.get('flags', '')}`: "
+            f"`edge-pse evaluate --checkpoint {name} --data DATA"
+            f"{' --sweeps' if meta.get('sweeps') else ''} --per-condition {meta.get('per_condition')}`: "
             f"{meta.get('per_condition')} mixtures per condition, {meta.get('seconds')} s each. WER reference: "
             f"{meta.get('wer_reference')}.",
             "",
-            "| condition | n | SI-SDR in | SI-SDR out | SI-SDRi | PESQ in/out | STOI in/out | pDNSMOS OVRL | "
-            "WER in/out | TSOS | absent out/in dB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| condition | n | SI-SDR in | SI-SDR out | SI-SDRi | gap (other profile) | target level dB | "
+            "PESQ in/out | STOI in/out | pDNSMOS OVRL | WER in/out | TSOS | absent out/in dB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for cond, r in evaluation.items():
             if cond == "meta":
                 continue
             lines.append(
                 f"| {cond} | {r.get('count')} | {_fmt(r.get('si_sdr_in'))} | {_fmt(r.get('si_sdr'))} | "
-                f"{_fmt(r.get('si_sdri'))} | {_fmt(r.get('pesq_in'))}/{_fmt(r.get('pesq'))} | "
+                f"{_fmt(r.get('si_sdri'))} | {_fmt(r.get('gap'))} | {_fmt(r.get('target_gain_db'))} | "
+                f"{_fmt(r.get('pesq_in'))}/{_fmt(r.get('pesq'))} | "
                 f"{_fmt(r.get('stoi_in'))}/{_fmt(r.get('stoi'))} | {_fmt(r.get('pdnsmos_ovrl'))} | "
                 f"{_fmt(r.get('wer_in'))}/{_fmt(r.get('wer'))} | {_fmt(r.get('tsos'))} | "
                 f"{_fmt(r.get('absent_level_db'))} |"
@@ -117,6 +127,7 @@ def card(
         "## Limits",
         "Trained for a short CPU budget on ~1 h of real speech from 251 speakers: a starting point to "
         "fine-tune on your own data (`edge-pse train --init`), not a finished product.",
+        *(f"- {limit}" for limit in limits),
         "",
     ]
     return "\n".join(lines)
@@ -189,6 +200,7 @@ def main() -> None:
         "stages go into the card",
     )
     ap.add_argument("--note", action="append", default=[], help="a line for the card's Training section (repeat)")
+    ap.add_argument("--limit", action="append", default=None, help="a known limit for the card (repeat)")
     ap.add_argument("--card-only", action="store_true", help="rewrite the model card, keep the shipped weights")
     args = ap.parse_args()
     dst = SHIPPED_DIR / f"{args.name}.pt"
@@ -214,6 +226,7 @@ def main() -> None:
                 stage |= _shipped_stage_record(stage["source"])
         payload["extra"] = extra
         extra |= {"stored_fp16": fp16, "fp16_snr_db": round(snr16, 1), "ship_notes": args.note}
+        extra["ship_limits"] = args.limit or []
         save_checkpoint(dst, model, payload["preset"], extra=extra, half=fp16)
         stale = ranges.beside(dst)  # int8 ranges measured on the weights just replaced
         if stale.is_file():
@@ -224,7 +237,8 @@ def main() -> None:
             )
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
     stats = model_stats(payload["preset"], model.cfg)
-    text = card(args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16)
+    limits = args.limit if args.limit is not None else payload.get("extra", {}).get("ship_limits", [])
+    text = card(args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16, limits)
     (SHIPPED_DIR / f"{args.name}.md").write_text(text)
     print(
         f"{'kept' if args.card_only else 'shipped'} {dst} ({dst.stat().st_size / 2**20:.2f} MiB, "
