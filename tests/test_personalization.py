@@ -1,5 +1,5 @@
 """The product's claim on the shipped model: with the enrolled talker's profile the other talker is removed, with
-another profile the target is. The shipped tiny (trained by the campaign with --recipe pse, campaign/README.md)
+another profile the target is. The shipped tiny (the campaign's stages pse, pse-noise and pse-keep, campaign/README.md)
 in float and as the shipped int8 bundle through `edge-pse run`. Fixed held-out mixtures: speakers never
 trained on, 0 dB SIR."""
 
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 BUNDLE = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles" / "tiny-int8"
 # Measured on these 6 mixtures (2026-12-06): the campaign's tiny at step 46000 right +2.36 dB, swapped -6.63 dB
-# (gap 9.0 dB); the shipped tiny (stage A2, 2026-12-06) float right +2.40, swapped -5.63 (gap 8.0 dB); the tiny
+# (gap 9.0 dB); the shipped tiny (stage A3, 2026-12-06) float right +2.39, swapped -4.19 (gap 6.6 dB); the tiny
 # shipped before it, which did not use the speaker, had a gap of ~0.
 # The margins are about half of that; a model that ignores the speaker scores the same with both profiles (gap
 # ~0) and fails.

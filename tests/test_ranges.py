@@ -56,6 +56,13 @@ def test_ranges_that_do_not_fit_the_graph_are_refused(tiny) -> None:  # noqa: F8
         ranges.pin(prepared, {"activation_post_process_0": [0.1, 0]}, "XNNPACKQuantizer")
 
 
+def test_ranges_without_a_formats_table_are_refused_before_any_work() -> None:
+    stored = ranges.ActivationRanges("x", "test", -20.0, {"pte": {"activation_post_process_1": [0.1, 0]}})
+    stored.check(-20.0, ("pte", "onnx"))  # ONNX is never pinned
+    with pytest.raises(EdgePseError, match="no table for tflite"):
+        stored.check(-20.0, ("pte", "tflite"))
+
+
 def test_a_broken_ranges_file_is_a_clear_error(tmp_path) -> None:
     bad = tmp_path / "r.json"
     bad.write_text("{not json")
@@ -73,6 +80,10 @@ def test_a_broken_ranges_file_is_a_clear_error(tmp_path) -> None:
         # the shipped tiny's ranges with the shipped small: measured on other weights
         (["--student", "small", "--activation-ranges", str(REPO / "edge_pse/checkpoints/tiny.ranges.json")],
          "measured on another checkpoint"),
+        # the same graph at another level would need other scales
+        (["--student", "tiny", "--frame-level-dbfs", "-25"], "per-frame level normalisation -20.0 dBFS"),
+        (["--student", "tiny", "--mode", "qat", "--activation-ranges", "edge_pse/checkpoints/tiny.ranges.json"],
+         "applies to --mode ptq"),
     ],
 )  # fmt: skip
 def test_cli_refuses_ranges_it_cannot_use(args, message, tmp_path) -> None:

@@ -53,6 +53,7 @@ def test_reexport_reproduces_the_shipped_tiny_bundle(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     fresh = Bundle.load(tmp_path / "b")
     assert fresh.manifest["source"]["checkpoint_sha256"] == shipped.manifest["source"]["checkpoint_sha256"]
+    assert fresh.manifest["source"]["activation_ranges"] == shipped.manifest["source"]["activation_ranges"] is not None
     # the built-in demo (speech and its speaker): on white noise and a random embedding, out of the calibrated
     # ranges, int8 output is noise and two faithful exports of the same checkpoint need not agree
     from edge_pse import demo

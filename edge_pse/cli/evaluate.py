@@ -16,7 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "edge_pse/bundles/tiny-int8: the int8 model that ships)",
     )
     p.add_argument(
-        "--backend", default="litert", help="with --bundle: litert (default), executorch or onnx (its file format)"
+        "--backend",
+        default="litert",
+        choices=("litert", "executorch", "onnx", "torch"),
+        help="with --bundle: the runtime that runs its file (default litert; torch: its float reference weights)",
     )
     p.add_argument("--data", required=True, help="data root laid out like ../shared/data")
     p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split (default: test)")

@@ -84,6 +84,10 @@ def _ranges_path(args: argparse.Namespace, ckpt: Path) -> Path | None:
     """The activation ranges to pin: the one named, else the checkpoint's own unless --calibration is given."""
     from edge_pse.quant import ranges
 
+    if args.activation_ranges not in (None, "none") and args.mode != "ptq":
+        raise EdgePseError(
+            f"--activation-ranges applies to --mode ptq (QAT learns its own; fp32 has none), not {args.mode}"
+        )
     if args.activation_ranges == "none" or args.mode != "ptq":
         return None
     if args.activation_ranges is not None:

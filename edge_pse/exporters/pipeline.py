@@ -356,6 +356,8 @@ def export_bundle(
         )
         model = with_frame_level(model, level)
     step = E3NetStep(model).eval()
+    if opts.ranges is not None and opts.mode == "ptq":
+        opts.ranges.check(step.cfg.frame_level_dbfs, opts.formats)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_builds(out):
@@ -376,8 +378,6 @@ def export_bundle(
             log(f"{fmt}: exporting ({MODES[opts.mode]})")
             stages = format_module(fmt)
             pinned = opts.ranges.formats.get(fmt) if opts.ranges is not None and opts.mode == "ptq" else None
-            if opts.ranges is not None and opts.mode == "ptq" and pinned is None and fmt != "onnx":
-                raise EdgePseError(f"the activation ranges hold no {fmt} table; re-measure them with --calibration")
             quantized = stages.quantize(step, opts.mode, calib.calibration, opts.max_calibration_hops, qat, pinned)
             if quantized.ranges:
                 measured[fmt] = pinned or quantized.ranges
@@ -385,7 +385,8 @@ def export_bundle(
         if measured:  # what the int8 files were scaled with: shipping keeps it beside the checkpoint
             origin = opts.ranges.source if opts.ranges is not None else calib.describe()
             sha = sha256_file(source) if Path(source).is_file() else ""
-            act_ranges.save(tmp / act_ranges.FILENAME, act_ranges.ActivationRanges(sha, origin, measured))
+            kept = act_ranges.ActivationRanges(sha, origin, step.cfg.frame_level_dbfs, measured)
+            act_ranges.save(tmp / act_ranges.FILENAME, kept)
         files = [
             FileEntry(e.path.name, e.format, e.quantization, sha256_file(e.path), e.path.stat().st_size, e.io)
             for e in exported

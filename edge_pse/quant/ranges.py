@@ -4,10 +4,12 @@ Why: a model that uses the speaker has activations that synthetic voices do not 
 FiLM scales sit elsewhere), so int8 calibrated on the committed synthetic clips loses 1-2 dB; real speech
 cannot be committed. What can be committed is what calibration keeps of it: each activation observer's
 (scale, zero point). An export with `--calibration DATA_ROOT` writes them to the bundle's
-`activation_ranges.json`; shipping copies that beside the checkpoint (`<name>.ranges.json`), and an export of
-that checkpoint pins them. The committed clips still run through the graph (weight observers, the gate).
+`activation_ranges.json`; copied beside the checkpoint as `<name>.ranges.json` (by hand, after shipping: see
+docs/bundle.md), they are pinned by every later export of that checkpoint. The committed clips still run
+through the graph (weight observers, the gate).
 
-A table is tied to the checkpoint file it was measured on (sha256) and to the graph's observers (names and
+A table is tied to the checkpoint file it was measured on (sha256), to the exported step's per-frame level
+normalisation (the same graph at another level would need other scales) and to the graph's observers (names and
 count); anything else is refused rather than silently mis-scaled.
 """
 
@@ -33,6 +35,7 @@ class ActivationRanges:
 
     checkpoint_sha256: str
     source: str  # what they were measured on (the calibration set's description)
+    frame_level_dbfs: float | None  # the exported step's per-frame level normalisation
     formats: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -40,8 +43,22 @@ class ActivationRanges:
             "version": VERSION,
             "checkpoint_sha256": self.checkpoint_sha256,
             "source": self.source,
+            "frame_level_dbfs": self.frame_level_dbfs,
             "formats": self.formats,
         }
+
+    def check(self, frame_level_dbfs: float | None, formats: tuple[str, ...]) -> None:
+        """Refuse, before any work, an export these ranges were not measured for."""
+        if frame_level_dbfs != self.frame_level_dbfs:
+            raise EdgePseError(
+                f"the activation ranges were measured with per-frame level normalisation {self.frame_level_dbfs} "
+                f"dBFS, this export uses {frame_level_dbfs}; re-measure them with --calibration DATA_ROOT"
+            )
+        missing = [f for f in formats if f != "onnx" and f not in self.formats]
+        if missing:
+            raise EdgePseError(
+                f"the activation ranges hold no table for {', '.join(missing)}; re-measure them with --calibration"
+            )
 
 
 def beside(checkpoint: str | Path) -> Path:
@@ -96,7 +113,10 @@ def load(path: str | Path, checkpoint_sha256: str | None = None) -> ActivationRa
         d = json.loads(Path(path).read_text())
         if d.get("version") != VERSION:
             raise ValueError(f"version {d.get('version')!r}, expected {VERSION}")
-        ranges = ActivationRanges(str(d["checkpoint_sha256"]), str(d["source"]), dict(d["formats"]))
+        level = d["frame_level_dbfs"]
+        ranges = ActivationRanges(
+            str(d["checkpoint_sha256"]), str(d["source"]), None if level is None else float(level), dict(d["formats"])
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise EdgePseError(f"cannot read activation ranges {path}: {e}") from None
     if checkpoint_sha256 is not None and ranges.checkpoint_sha256 != checkpoint_sha256:

@@ -60,6 +60,7 @@ def card(
     fp16: bool,
     snr16: float,
     limits: list[str] = (),
+    notes: list[str] = (),
 ) -> str:
     extra = payload.get("extra", {})
     tc = extra.get("train_config", {})
@@ -89,7 +90,7 @@ def card(
         "- Validation SI-SNRi history (dB): "
         + ", ".join(f"{h['step']}: {h['val_si_snri_db']:+.2f}" for h in hist if "val_si_snri_db" in h),
         _kept_line(extra, hist),
-        *(f"- {note}" for note in extra.get("ship_notes", [])),
+        *(f"- {note}" for note in notes),
         f"- Stored as {'fp16' if fp16 else 'fp32'} (fp16 weights vs fp32: output SNR {snr16:.1f} dB).",
         "",
         "## Data",
@@ -238,7 +239,8 @@ def main() -> None:
     evaluation = json.loads(args.eval.read_text()) if args.eval else None
     stats = model_stats(payload["preset"], model.cfg)
     limits = args.limit if args.limit is not None else payload.get("extra", {}).get("ship_limits", [])
-    text = card(args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16, limits)
+    notes = args.note or payload.get("extra", {}).get("ship_notes", [])  # --card-only: given ones replace stored
+    text = card(args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16, limits, notes)
     (SHIPPED_DIR / f"{args.name}.md").write_text(text)
     print(
         f"{'kept' if args.card_only else 'shipped'} {dst} ({dst.stat().st_size / 2**20:.2f} MiB, "
