@@ -147,8 +147,12 @@ def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) ->
 
 
 @contextlib.contextmanager
-def _hop_progress(show: bool, name: str, what: str) -> Iterator[Callable[[int, int], None]]:
-    """The progress bar of a file run, local or remote: yields tick(hops done, hops in all)."""
+def _hop_progress(show: bool, name: str, what: str) -> Iterator[Callable[[int, int], None] | None]:
+    """The progress bar of a file run, local or remote: yields tick(hops done, hops in all), or None when
+    nothing is shown (the hop loop then makes no progress calls at all)."""
+    if not show:
+        yield None
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -156,7 +160,6 @@ def _hop_progress(show: bool, name: str, what: str) -> Iterator[Callable[[int, i
         BarColumn(),
         TextColumn("{task.completed} hops"),
         TimeRemainingColumn(),
-        disable=not show,
         transient=True,
     ) as progress:
         task = progress.add_task(what, total=None, name=name)
