@@ -16,11 +16,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from edge_pse.errors import EdgePseError
 
 SCHEMA = "edge-pse-bundle"
-SCHEMA_VERSION = 2  # 2: the step's state is one packed tensor, its parts in io.layout (1: a tensor per part)
+# 3: the step may take a projected speaker (speaker.projection, applied once per speaker by the runtime);
+# 2: the step's state is one packed tensor, its parts in io.layout (1: a tensor per part)
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
+PROJECTION = "speaker_projection.npz"  # float32 weight [P, D] and bias [P]: the step's spk = weight @ embedding + bias
 FORMATS = ("pte", "tflite", "onnx")
 QUANTIZATIONS = ("fp32", "int8-ptq", "int8-qat")
 MODES = {"ptq": "int8-ptq", "qat": "int8-qat", "fp32": "fp32"}  # export --mode -> the files' quantization
@@ -189,6 +194,27 @@ class Bundle:
     def tolerance(self) -> dict:
         return self.manifest.get("tolerance", {})
 
+    def speaker_projection(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(weight [P, D], bias [P]) that turn an embedding into the model files' speaker input, or None when
+        they take the embedding itself (schema 2 bundles). Read with numpy alone (no pickle)."""
+        proj = self.manifest["speaker"].get("projection")
+        if proj is None:
+            return None
+        path = self.path / proj["path"]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                weight, bias = z["weight"], z["bias"]
+        except (OSError, KeyError, ValueError) as e:
+            raise EdgePseError(f"bundle {self.path}: cannot read the speaker projection {proj['path']}: {e}") from None
+        dim, emb = proj["dim"], self.manifest["speaker"]["dim"]
+        ok = weight.dtype == np.float32 and bias.dtype == np.float32 and np.all(np.isfinite(weight))
+        if not ok or weight.shape != (dim, emb) or bias.shape != (dim,) or not np.all(np.isfinite(bias)):
+            raise EdgePseError(
+                f"bundle {self.path}: {proj['path']} must hold finite float32 weight [{dim}, {emb}] and bias [{dim}], "
+                f"got {weight.dtype} {list(weight.shape)} and {bias.dtype} {list(bias.shape)}"
+            )
+        return weight, bias
+
 
 @dataclass(frozen=True)
 class _Extra:
@@ -197,8 +223,9 @@ class _Extra:
 
 
 def _extra_files(manifest: dict) -> list[_Extra]:
-    ref = manifest.get("reference")
-    return [_Extra(ref["path"], ref["sha256"])] if ref else []
+    """The files besides the model files whose digests the manifest holds: float weights, speaker projection."""
+    extra = [manifest.get("reference"), manifest["speaker"].get("projection")]
+    return [_Extra(e["path"], e["sha256"]) for e in extra if e]
 
 
 def _no_constant(name: str) -> None:
@@ -268,11 +295,19 @@ def _check_numbers(manifest: dict, where: str | Path) -> tuple[int, int]:
         raise EdgePseError(f"{where}: speaker.encoder must name the speaker encoder")
     if "spk_dim" in cfg and cfg["spk_dim"] != spk["dim"]:
         raise EdgePseError(f"{where}: config.spk_dim {cfg['spk_dim']!r} disagrees with speaker.dim {spk['dim']!r}")
+    proj = spk.get("projection")
+    if proj is not None:  # the model files take the projection's output, not the embedding
+        ok = isinstance(proj, dict) and _inside(proj.get("path")) and _int(proj.get("dim"), 1, MAX_DIM)
+        if not ok or not isinstance(proj.get("sha256"), str) or not _HEX64.fullmatch(proj["sha256"]):
+            raise EdgePseError(
+                f"{where}: speaker.projection needs a path inside the bundle, a sha256 (64 lower-case hex digits) "
+                "and an integer dim"
+            )
     for key in ("tolerance", "costs"):
         block = manifest.get(key)
         if block is not None and (not isinstance(block, dict) or not all(_number(v) for v in block.values())):
             raise EdgePseError(f"{where}: '{key}' must map names to finite numbers")
-    return hop, spk["dim"]
+    return hop, spk["dim"] if proj is None else proj["dim"]
 
 
 def _check_file_io(io: object, where: str, hop: int, dim: int, states: list[list[int]]) -> None:

@@ -27,7 +27,7 @@ def load_specs(path: str | Path = SPECS) -> dict[str, dict]:
 
 def bundle_costs(manifest: dict, quantization: str) -> dict:
     """Costs for one of the bundle's files: the manifest's own figures when it has them, else the config's."""
-    costs = config_costs(manifest["config"])
+    costs = config_costs(manifest["config"], projected="projection" in manifest.get("speaker", {}))
     costs.update({k: v for k, v in manifest.get("costs", {}).items() if k in costs})
     costs["weight_bytes"] = costs["fp32_bytes"] if quantization == "fp32" else costs["int8_bytes"]
     costs["quantization"] = quantization

@@ -44,9 +44,16 @@ MUTANTS = (
     Mutant(
         "the step ignores the speaker's FiLM",
         "edge_pse/model/step.py",
-        "                x = self.adapt[k](x, spk)\n",
-        "                x = self.adapt[k](x, torch.zeros_like(spk))\n",
+        "            return self.adapt[k](x, spk)\n",
+        "            return self.adapt[k](x, torch.zeros_like(spk))\n",
         ("tests/test_model.py",),
+    ),
+    Mutant(
+        "a projected step (what the bundles run) ignores the speaker's FiLM scales",
+        "edge_pse/model/step.py",
+        "        x = x * spk[:, start : start + w]\n",
+        "        x = x * torch.ones_like(spk[:, start : start + w])\n",
+        ("tests/test_model.py", "-k", "projected"),
     ),
     Mutant(
         "training examples carry another speaker's d-vector",
@@ -65,8 +72,8 @@ MUTANTS = (
     Mutant(
         "edge-pse run ignores --speaker",
         "edge_pse/runtime/backends/base.py",
-        "        self._spk[0] = self.check_embedding(emb)\n",
-        "        self._spk[0] = 1.0 / np.sqrt(self.spk_dim)\n",
+        "        self._spk[0] = emb\n",
+        "        self._spk[0] = 1.0 / np.sqrt(self._spk.shape[1])\n",
         ("tests/test_run.py", "-k", "reaches"),
     ),
     Mutant(

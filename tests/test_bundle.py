@@ -151,6 +151,59 @@ def test_torch_reference_backend_matches_the_onnx_file(onnx_bundle) -> None:
         ref.set_speaker(np.zeros(10, np.float32))
 
 
+# --- the speaker projection (schema 3): the speaker's Linears applied once per speaker, verified like a model file
+
+
+def test_the_model_file_takes_the_projected_speaker_and_the_runtime_projects_it(onnx_bundle) -> None:
+    import onnxruntime as ort
+
+    from edge_pse.runtime.backends import open_backend
+
+    b = Bundle.load(onnx_bundle)
+    weight, bias = b.speaker_projection()
+    assert b.manifest["schema_version"] == 3 and weight.shape == (b.manifest["speaker"]["projection"]["dim"], 256)
+    assert b.file("onnx").io.inputs[1].shape == (1, weight.shape[0])
+    rng = np.random.default_rng(1)
+    emb = rng.random(256).astype(np.float32)
+    be = open_backend(b, "onnx")
+    be.set_speaker(emb)
+    # the file run by hand with weight @ embedding + bias gives what the backend gives from the embedding
+    sess = ort.InferenceSession(str(onnx_bundle / "model.onnx"))
+    names = [i.name for i in sess.get_inputs()]
+    state = np.zeros(sess.get_inputs()[2].shape, np.float32)
+    for _ in range(20):
+        x = (0.1 * rng.standard_normal(160)).astype(np.float32)
+        out, state = sess.run(None, dict(zip(names, [x[None], (weight @ emb + bias)[None], state], strict=True)))
+        np.testing.assert_allclose(be.process(x), out[0], atol=1e-6)
+
+
+def test_a_tampered_or_malformed_speaker_projection_is_refused(copy) -> None:
+    from edge_pse.bundle import PROJECTION, sha256_file
+    from edge_pse.runtime.backends import open_backend
+
+    with open(copy / PROJECTION, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(EdgePseError, match=r"speaker_projection\.npz does not match its sha256"):
+        Bundle.load(copy)
+    np.savez(copy / PROJECTION, weight=np.zeros((3, 256), np.float32), bias=np.zeros(3, np.float32))
+    _edit(copy, lambda m: m["speaker"]["projection"].update(sha256=sha256_file(copy / PROJECTION)), unseal=True)
+    with pytest.raises(EdgePseError, match=r"must hold finite float32 weight \[480, 256\]"):
+        open_backend(Bundle.load(copy), "onnx")
+    _edit(copy, lambda m: m["speaker"]["projection"].update(path="../p.npz"), unseal=True)
+    with pytest.raises(EdgePseError, match=r"speaker\.projection needs a path inside the bundle"):
+        Bundle.load(copy)
+
+
+def test_a_schema_2_bundle_without_a_projection_still_runs_on_the_embedding() -> None:
+    from edge_pse.runtime.backends import open_backend
+
+    b = Bundle.load(Path(__file__).resolve().parent.parent / "edge_pse" / "bundles" / "small-int8")
+    assert b.manifest["schema_version"] == 2 and b.speaker_projection() is None
+    be = open_backend(b, "litert")
+    be.set_speaker(np.full(256, 1 / 16, np.float32))
+    assert np.all(np.isfinite(be.process(np.zeros(160, np.float32))))
+
+
 # --- every path the manifest names stays inside the bundle (issue 15, D7)
 
 
@@ -238,13 +291,11 @@ def shipped(tmp_path) -> Path:
 @pytest.mark.parametrize(
     "edit",
     [
-        lambda m: next(  # the first int8 input (the hop is float in a level-normalising graph)
-            t for t in next(f for f in m["files"] if f["format"] == "tflite")["io"]["inputs"] if "scale" in t
-        ).update(scale=0.0055),
+        lambda m: m["speaker"]["projection"].update(bytes=1),
         lambda m: (m.update(sample_rate=8000), m["config"].update(sample_rate=8000)),
         lambda m: m["tolerance"].update(int8_min_snr_db=-100.0),
     ],
-    ids=["int8-scale", "sample-rate", "tolerance"],
+    ids=["projection-bytes", "sample-rate", "tolerance"],
 )
 def test_a_hand_edited_number_in_a_shipped_manifest_is_refused(shipped, edit) -> None:
     """The numbers beside the sha256 list (an int8 scale, the rate) would run with exit 0 and wrong audio."""

@@ -38,6 +38,28 @@ def test_evaluate_json_has_every_condition(synthetic_root, tmp_path) -> None:
         assert isinstance(out[c]["si_sdri"], float) and 0.0 <= out[c]["tsos"] <= 1.0
         assert 0.0 <= out[c]["tsos_share"] <= 1.0
     assert isinstance(out["absent"]["absent_level_db"], float)
+    assert out["meta"]["split"] == "test"
+
+    # the training split scores other mixtures (the speakers the model trained on), and says which split it is
+    res = edge_pse(
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(synthetic_root),
+        "--json",
+        "--fast",
+        "--per-condition",
+        "2",
+        "--seconds",
+        "2",
+        "--split",
+        "train",
+    )
+    assert res.returncode == 0, res.stderr
+    train = json.loads(res.stdout)
+    assert train["meta"]["split"] == "train"
+    assert train["noise"]["si_sdri"] != out["noise"]["si_sdri"]
 
 
 def test_evaluate_bad_inputs(tmp_path) -> None:

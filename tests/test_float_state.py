@@ -40,7 +40,7 @@ def clips():
 
 def stream(module, step: E3NetStep, clips) -> tuple[np.ndarray, list[float]]:
     """Output of `module` hop by hop from zero state, and block 0's largest |c| per hop."""
-    wave, spk = batch_clips(clips, step.cfg.hop)
+    wave, spk = batch_clips(step, clips)
     hop, state, outs, c_max = step.cfg.hop, step.initial_state(wave.shape[0]), [], []
     a, b = step.io.bounds[[p.name for p in step.io.parts].index("c0")]
     with torch.no_grad():
@@ -59,6 +59,30 @@ def test_the_packed_state_input_is_found_by_name(distilled) -> None:
 def test_a_level_normalising_step_also_keeps_its_level_dependent_inputs_float() -> None:
     step = E3NetStep(E3Net(replace(get_preset("tiny"), frame_level_dbfs=-20.0)).eval())
     assert float_inputs(step) == {"state", "hop"}
+
+
+def test_a_projected_speaker_input_reaches_its_multiplies_and_adds_unquantized() -> None:
+    """The FiLM scales and shifts and the fusion's speaker term come in as float and are used as float: no
+    observer (an int8 rounding) between the speaker input and the ops that take its slices; the ops those feed
+    are int8 again (their inputs are observed)."""
+    from edge_pse.exporters import pte
+    from edge_pse.quant.ptq import prepare_observers
+
+    torch.manual_seed(0)
+    step = E3NetStep(E3Net(get_preset("tiny")).eval(), projected=True).eval()
+    prepared = prepare_observers(step, with_float_paths(pte.quantizer(), step))
+    spk = next(n for n in prepared.graph.nodes if n.op == "placeholder" and n.name == "spk")
+
+    def observed(node) -> bool:
+        return any(u.op == "call_module" and "activation_post_process" in str(u.target) for u in node.users)
+
+    slices = [u for u in spk.users if u.op == "call_function" and "guards" not in u.name]  # torch.export's guard check
+    assert slices and all("slice" in str(n.target) for n in slices) and not observed(spk)
+    takers = {u for n in slices for u in n.users}
+    assert len(takers) == 1 + 2 * step.cfg.n_blocks  # the fusion's add, each block's scale and shift
+    assert not any(observed(n) for n in slices) and not any(observed(n) for n in takers if "mul" in str(n.target))
+    # what the float FiLM feeds is observed where an int8 op reads it: the graph stays int8 around it
+    assert any(observed(n) for n in takers if "add" in str(n.target))
 
 
 @pytest.mark.slow

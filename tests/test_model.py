@@ -31,6 +31,33 @@ def test_step_equals_offline_over_10s(name: str) -> None:
     assert offline[:, : cfg.hop].abs().max() > 0  # the first hop is real output, not padding
 
 
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_a_projected_step_equals_offline_and_leaves_the_speaker_linears_out(conditioning: str) -> None:
+    """The speaker's Linears computed once per speaker (the bundle's projection) give the offline model's output,
+    and the per-hop step no longer carries them."""
+    cfg = replace(get_preset("tiny"), conditioning=conditioning)
+    torch.manual_seed(5)
+    model = E3Net(cfg)
+    model.set_speaker_stats(torch.relu(torch.randn(300, cfg.spk_dim)) * 0.05 + 0.02)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    full, projected = E3NetStep(model).eval(), E3NetStep(model, projected=True).eval()
+    wave = 0.3 * torch.randn(2, 40 * cfg.hop)
+    spk = torch.nn.functional.normalize(torch.rand(2, cfg.spk_dim), dim=-1)
+    with torch.no_grad():
+        offline = model(wave, spk)
+    out = run_step(projected, wave, projected.speaker_input(spk))
+    assert (out - offline).abs().max() <= 1e-5 * offline.abs().max()
+    weight, bias = projected.speaker_projection()
+    blocks = {"film": 2, "mul": 1}.get(conditioning, 0) * cfg.n_blocks
+    assert weight.shape == (cfg.width * (1 + blocks), cfg.spk_dim) and bias.shape == (weight.shape[0],)
+    assert projected.io.spk_dim == weight.shape[0]
+    removed = sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in projected.parameters())
+    assert removed == weight.numel() + cfg.width * blocks  # fusion's speaker half has no bias of its own
+
+
 def test_step_runs_a_trained_checkpoint_unchanged(tmp_path) -> None:
     cfg = get_preset("tiny")
     torch.manual_seed(2)

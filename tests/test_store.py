@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_pse.bundle import MANIFEST, sha256_file
+from edge_pse.bundle import MANIFEST, PROJECTION, sha256_file
 from edge_pse.errors import EdgePseError
 from firmware_host.store import Store
 
@@ -21,7 +21,8 @@ SHIPPED = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles" / "tin
 
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory) -> Path:
-    """The shipped tiny bundle cut down to its ONNX file (small, still verified by Bundle.load)."""
+    """The shipped tiny bundle cut down to its ONNX file and speaker projection (small, still verified by
+    Bundle.load)."""
     out = tmp_path_factory.mktemp("store") / "tiny-onnx"
     out.mkdir()
     m = json.loads((SHIPPED / MANIFEST).read_text())
@@ -29,6 +30,7 @@ def small_bundle(tmp_path_factory) -> Path:
     m.pop("reference")
     m.pop("manifest_sha256", None)  # edited here, so unsealed (a legacy manifest: loads on its schema alone)
     shutil.copy(SHIPPED / "model.onnx", out / "model.onnx")
+    shutil.copy(SHIPPED / PROJECTION, out / PROJECTION)
     (out / MANIFEST).write_text(json.dumps(m, indent=2))
     return out
 

@@ -22,7 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --bundle: the runtime that runs its file (default litert; torch: its float reference weights)",
     )
     p.add_argument("--data", required=True, help="data root laid out like ../shared/data")
-    p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split (default: test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val", "train"],
+        help="held-out split (default: test); train scores the speakers, noises and rooms the model trained on, "
+        "which tells an underfit model (train as low as test) from one that needs more data (train far above)",
+    )
     p.add_argument("--per-condition", type=int, default=20, help="utterances per condition")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--no-asr", action="store_true", help="skip WER (Whisper transcripts are the slow part)")
@@ -81,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     cols = ["count", "si_sdri", "swap_si_sdri", "gap", "target_gain_db", "si_sdr", "pesq", "stoi", "pdnsmos_ovrl"]
     cols += ["wer", "wer_in", "tsos", "tsos_share", "absent_level_db", "pause_level_db"]
-    table = Table(title=f"{what} ({preset}) on the {args.split} split")
+    seen = " (trained on: how well it fits, not a held-out figure)" if args.split == "train" else ""
+    table = Table(title=f"{what} ({preset}) on the {args.split} split{seen}")
     table.add_column("condition")
     for c in cols:
         table.add_column(c, justify="right")

@@ -18,12 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_pse.bundle import FORMATS, MODES, SCHEMA, SCHEMA_VERSION, Bundle, FileEntry, seal_manifest, sha256_file
+from edge_pse.bundle import (
+    FORMATS,
+    MODES,
+    PROJECTION,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Bundle,
+    FileEntry,
+    seal_manifest,
+    sha256_file,
+)
 from edge_pse.errors import EdgePseError
 from edge_pse.exporters import accuracy
 from edge_pse.exporters.accuracy import Tolerance
 from edge_pse.exporters.common import Exported
-from edge_pse.model.config import state_spec
 from edge_pse.model.step import E3NetStep, run_step
 from edge_pse.quant import ranges as act_ranges
 from edge_pse.quant.calibration import CalibrationSet, Clip, at_level
@@ -144,7 +153,8 @@ def float_reference(step: E3NetStep, heldout: dict[float, list[Clip]]) -> dict[f
         for c in clips:
             wave = np.zeros((-(-c.mixture.size // hop) + 1) * hop, np.float32)
             wave[: c.mixture.size] = c.mixture
-            out = run_step(step, torch.from_numpy(wave).unsqueeze(0), torch.from_numpy(c.spk).unsqueeze(0))
+            spk = step.speaker_input(torch.from_numpy(c.spk).unsqueeze(0))
+            out = run_step(step, torch.from_numpy(wave).unsqueeze(0), spk)
             refs[level].append(out[0, hop : hop + c.mixture.size].numpy())
     return refs
 
@@ -192,6 +202,7 @@ def manifest(
     opts: ExportOptions,
     weights: Path,
     source: str,
+    projection: dict,
 ) -> dict:
     cfg = step.cfg
     return seal_manifest(
@@ -202,8 +213,8 @@ def manifest(
             "config": cfg.to_dict(),
             "sample_rate": cfg.sample_rate,
             "hop": cfg.hop,
-            "speaker": _speaker_info(cfg),
-            "io": state_spec(cfg).to_dict(),
+            "speaker": {**_speaker_info(cfg), "projection": projection},
+            "io": step.io.to_dict(),
             "files": [f.to_dict() for f in files],
             "reference": {"path": WEIGHTS, "sha256": sha256_file(weights), "bytes": weights.stat().st_size},
             "toolchain": toolchain_versions(),
@@ -249,6 +260,15 @@ def manifest(
     )  # the digest covers every number beside the files' sha256 (an edited int8 scale is refused at load)
 
 
+def write_projection(path: Path, step: E3NetStep) -> dict:
+    """The projected step's speaker map (float32 weight [P, D] and bias [P], numpy: the device reads it without
+    torch) and its manifest entry."""
+    weight, bias = (t.detach().float().numpy() for t in step.speaker_projection())
+    with open(path, "wb") as f:
+        np.savez(f, weight=weight, bias=bias)
+    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "dim": int(weight.shape[0])}
+
+
 def step_costs(step: E3NetStep) -> dict:
     """What one call of the exported step costs, counted from its modules (the device's cost model and the
     agent read these instead of recomputing them from the config)."""
@@ -260,6 +280,8 @@ def step_costs(step: E3NetStep) -> dict:
         "macs_per_hop": count_macs_per_hop(step),
         "fp32_bytes": 4 * params,
         "int8_bytes": int8_weight_bytes(step),
+        # the speaker's Linears, run once when the speaker is set (float32, in the projection file)
+        "projection_params": sum(t.numel() for t in step.speaker_projection()) if step.projected else 0,
     }
 
 
@@ -355,7 +377,7 @@ def export_bundle(
             f"trained with {'none' if trained is None else f'{trained:g} dBFS'}; --frame-level-dbfs sets it)"
         )
         model = with_frame_level(model, level)
-    step = E3NetStep(model).eval()
+    step = E3NetStep(model, projected=True).eval()  # the speaker's Linears run once per enrollment, not per hop
     if opts.ranges is not None and opts.mode == "ptq":
         opts.ranges.check(step.cfg.frame_level_dbfs, opts.formats)
     out = Path(out)
@@ -367,6 +389,7 @@ def export_bundle(
     try:
         weights = tmp / WEIGHTS
         torch.save({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, weights)
+        projection = write_projection(tmp / PROJECTION, step)
         calib = calib.across_levels(accuracy.LEVELS_DBFS)
         heldout = {level: [at_level(c, level) for c in calib.heldout] for level in accuracy.LEVELS_DBFS}
         qat = None
@@ -395,7 +418,8 @@ def export_bundle(
         refs = float_reference(step, heldout)
         ref_sdri = {level: accuracy.si_sdri(refs[level], heldout[level]) for level in heldout}
         _write_json(
-            tmp / "manifest.json", manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source)
+            tmp / "manifest.json",
+            manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source, projection),
         )
         bundle = Bundle.load(tmp)
         for entry in bundle.files:
@@ -405,7 +429,7 @@ def export_bundle(
                 + " dBFS"
             )
             verify(bundle, entry, results[entry.path], heldout, refs, ref_sdri, opts)
-        data = manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source)
+        data = manifest(preset, step, files, results, ref_sdri, calib, opts, weights, source, projection)
         _write_json(tmp / "manifest.json", data)
         write_report(tmp / "report.md", data)
         failed = [r for r in results.values() if not r.passed]

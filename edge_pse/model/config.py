@@ -181,11 +181,12 @@ class StepIO:
         }
 
 
-def state_spec(cfg: E3NetConfig) -> StepIO:
-    """The step's state parts, in the order they are packed into its one state tensor."""
+def state_spec(cfg: E3NetConfig, spk_dim: int | None = None) -> StepIO:
+    """The step's state parts, in the order they are packed into its one state tensor. `spk_dim`: the size of
+    the step's speaker input when it is not the embedding (a projected step, model.step.E3NetStep)."""
     parts = [StateTensor("enc_buf", (1, cfg.hop), doc="previous input hop (first half of the window)")]
     for k in range(cfg.n_blocks):
         parts.append(StateTensor(f"o{k}", (1, cfg.width), doc=f"LSTM block {k} output gate (h = o * tanh(c))"))
         parts.append(StateTensor(f"c{k}", (1, cfg.width), doc=f"LSTM block {k} cell state"))
     parts.append(StateTensor("dec_tail", (1, cfg.hop), doc="decoder overlap-add tail"))
-    return StepIO(hop=cfg.hop, spk_dim=cfg.spk_dim, parts=tuple(parts))
+    return StepIO(hop=cfg.hop, spk_dim=spk_dim or cfg.spk_dim, parts=tuple(parts))

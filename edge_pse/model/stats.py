@@ -45,7 +45,7 @@ def count_macs_per_hop(step: E3NetStep) -> int:
     handles = [m.register_forward_hook(hook) for m in step.modules() if isinstance(m, nn.Linear)]
     try:
         with torch.no_grad():
-            step(torch.zeros(1, step.cfg.hop), torch.zeros(1, step.cfg.spk_dim), *step.initial_state())
+            step(torch.zeros(1, step.cfg.hop), torch.zeros(1, step.io.spk_dim), *step.initial_state())
     finally:
         for h in handles:
             h.remove()

@@ -109,14 +109,19 @@ class E3NetStep(nn.Module):
     `io.layout` (config.StepIO).
 
     Run hop by hop from zero state, it reproduces `E3Net.forward` sample for sample.
+
+    `projected`: the Linears that see only the speaker (the fusion layer's speaker half, FiLM's scales and
+    shifts: 123 k of the FiLM tiny's 563 k parameters) leave the per-hop graph. They are one affine map of the
+    embedding, `speaker_projection()`, computed once when the speaker is set (the runtime does it in numpy);
+    `spk` is then that map's output, `speaker_input(embedding)`, and enters the graph through float slices,
+    multiplies and adds only (quant/float_state.py), so int8 never rounds the speaker's scales.
     """
 
-    def __init__(self, model: E3Net) -> None:
+    def __init__(self, model: E3Net, projected: bool = False) -> None:
         super().__init__()
         cfg = model.cfg
         self.cfg = cfg
-        self.io: StepIO = state_spec(cfg)
-        self._bounds = self.io.bounds
+        self.projected = projected
         hop = cfg.hop
         enc_w = model.encoder.weight.squeeze(1)  # [N, window]
         # encoder: the window is [previous hop ; this hop], so split the kernel instead of concatenating
@@ -133,6 +138,15 @@ class E3NetStep(nn.Module):
         self.fusion_feat = _linear(fw[:, : cfg.n_filters], spk_part.bias)
         self.fusion_spk = _linear(spk_part.weight, None)
         self.adapt = None if model.adapt is None else nn.ModuleList(AdaptationStep(a, mean, std) for a in model.adapt)
+        # speaker Linears per block (film: scale and shift, mul: scale)
+        self.adapt_linears = 0 if self.adapt is None else 1 + (self.adapt[0].shift is not None)
+        weight, bias = self._projection_terms()
+        # the map from the embedding to what a projected step takes; not parameters: never in an exported graph
+        self._projection = (weight.detach().clone(), bias.detach().clone())
+        if projected:  # the speaker's Linears are the projection now, not part of the step
+            self.fusion_spk, self.adapt = None, None
+        self.io: StepIO = state_spec(cfg, weight.shape[0] if projected else cfg.spk_dim)
+        self._bounds = self.io.bounds
         self.fusion_act = _prelu(model.fusion_act)
         self.fusion_norm = _layer_norm(model.fusion_norm)
         self.blocks = nn.ModuleList(BlockStep(b) for b in model.blocks)
@@ -142,11 +156,43 @@ class E3NetStep(nn.Module):
         self.dec_head = _linear(dec_w[:hop], None)
         self.dec_tail = _linear(dec_w[hop:], None)
 
+    def _projection_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The speaker-only Linears stacked as one (weight, bias): fusion's speaker half, then per block the
+        adaptation's scale and shift, in the order `_speaker_terms` slices them."""
+        linears = [self.fusion_spk]
+        for a in self.adapt or ():
+            linears += [a.scale] + ([a.shift] if a.shift is not None else [])
+        weight = torch.cat([lin.weight for lin in linears])
+        bias = torch.cat([torch.zeros(lin.out_features) if lin.bias is None else lin.bias for lin in linears])
+        return weight, bias
+
+    def speaker_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [P, D], bias [P]): a projected step's `spk` is weight @ embedding + bias."""
+        return self._projection
+
+    def speaker_input(self, spk: torch.Tensor) -> torch.Tensor:
+        """What this step takes as `spk` for embeddings spk[B, D]: the projection when projected, else spk."""
+        if not self.projected:
+            return spk
+        weight, bias = self._projection
+        return spk @ weight.t() + bias
+
+    def _adapted(self, k: int, x: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """Block k's speaker adaptation: its Linears on the embedding, or the projected input's slices of it."""
+        if not self.projected:
+            return self.adapt[k](x, spk)
+        w, per = self.cfg.width, self.adapt_linears
+        start = (1 + k * per) * w  # after the fusion's speaker term, in _projection_terms' order
+        x = x * spk[:, start : start + w]
+        return x if per == 1 else x + spk[:, start + w : start + 2 * w]
+
     @classmethod
-    def from_state_dict(cls, cfg: E3NetConfig, state_dict: dict[str, torch.Tensor]) -> E3NetStep:
+    def from_state_dict(
+        cls, cfg: E3NetConfig, state_dict: dict[str, torch.Tensor], projected: bool = False
+    ) -> E3NetStep:
         model = E3Net(cfg)
         model.load_state_dict(state_dict)
-        return cls(model)
+        return cls(model, projected)
 
     def initial_state(self, batch: int = 1) -> list[torch.Tensor]:
         return [torch.zeros(batch, *s.shape[1:]) for s in self.io.states]
@@ -159,12 +205,13 @@ class E3NetStep(nn.Module):
             feats = self.enc_act(self.enc_prev(enc_buf * gain) + self.enc_cur(hop * gain))
         else:
             feats = self.enc_act(self.enc_prev(enc_buf) + self.enc_cur(hop))
-        x = self.fusion_feat(self.enc_norm(feats)) + self.fusion_spk(spk)
+        fused = spk[:, : self.cfg.width] if self.projected else self.fusion_spk(spk)
+        x = self.fusion_feat(self.enc_norm(feats)) + fused
         x = self.fusion_norm(self.fusion_act(x))
         new_lstm = []
         for k, block in enumerate(self.blocks):
-            if self.adapt is not None:
-                x = self.adapt[k](x, spk)
+            if self.adapt_linears:
+                x = self._adapted(k, x, spk)
             o, c = lstm_state[2 * k], lstm_state[2 * k + 1]
             # the state carries the output gate, not h: h is rebuilt in float from it, so no state slice feeds
             # an int8 op directly (LiteRT's converter would otherwise make the whole packed input int8)

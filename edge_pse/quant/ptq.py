@@ -19,7 +19,7 @@ from edge_pse.quant.calibration import Clip
 
 def example_inputs(step: nn.Module, batch: int = 1) -> tuple[torch.Tensor, ...]:
     cfg = step.cfg
-    return (torch.zeros(batch, cfg.hop), torch.zeros(batch, cfg.spk_dim), *step.initial_state(batch))
+    return (torch.zeros(batch, cfg.hop), torch.zeros(batch, step.io.spk_dim), *step.initial_state(batch))
 
 
 def export_for_quantization(step: nn.Module, dynamic_batch: bool = True) -> torch.fx.GraphModule:
@@ -32,8 +32,10 @@ def export_for_quantization(step: nn.Module, dynamic_batch: bool = True) -> torc
     return torch.export.export(step, example, dynamic_shapes=shapes).module()
 
 
-def batch_clips(clips: list[Clip], hop: int, max_hops: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack clips into wave[B, T] (zero-padded to the longest, whole hops) and spk[B, D]."""
+def batch_clips(step: nn.Module, clips: list[Clip], max_hops: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack clips into wave[B, T] (zero-padded to the longest, whole hops) and the step's speaker input spk[B, *]
+    (the embeddings, or their projection for a projected step)."""
+    hop = step.cfg.hop
     n = max(c.mixture.size for c in clips) // hop
     if max_hops:
         n = min(n, max_hops)
@@ -41,7 +43,8 @@ def batch_clips(clips: list[Clip], hop: int, max_hops: int | None = None) -> tup
     for i, c in enumerate(clips):
         m = c.mixture[: n * hop]
         wave[i, : m.size] = m
-    return torch.from_numpy(wave), torch.from_numpy(np.stack([c.spk for c in clips]).astype(np.float32))
+    spk = torch.from_numpy(np.stack([c.spk for c in clips]).astype(np.float32))
+    return torch.from_numpy(wave), step.speaker_input(spk)
 
 
 @torch.no_grad()
@@ -50,7 +53,7 @@ def streaming_inputs(
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Per hop: (hop, spk, *state) exactly as the float step sees them, batched over the clips."""
     hop = step.cfg.hop
-    wave, spk = batch_clips(clips, hop, max_hops)
+    wave, spk = batch_clips(step, clips, max_hops)
     state = step.initial_state(wave.shape[0])
     for t in range(0, wave.shape[1], hop):
         x = wave[:, t : t + hop]

@@ -100,7 +100,7 @@ def quantize_qat(
     seed_fake_quants(prepared, step, ptq_quantizer, clips)  # start from the ranges real streams produce
     move_exported_model_to_train(prepared)
     freeze_activation_ranges(prepared)
-    wave, spk = batch_clips(clips, hop)
+    wave, spk = batch_clips(step, clips)
     n_hops = wave.shape[1] // hop
     warm = min(warm_hops, max(0, n_hops - seq_hops))
     span = warm + min(seq_hops, n_hops)

@@ -23,8 +23,11 @@ class Backend(ABC):
     def __init__(self, bundle: Bundle, entry: FileEntry, threads: int = 1) -> None:
         self.bundle, self.entry, self.threads = bundle, entry, int(threads)
         self.hop_size = int(bundle.manifest["hop"])
-        self.spk_dim = int(bundle.manifest["speaker"]["dim"])
-        self._spk = np.zeros((1, self.spk_dim), np.float32)
+        self.spk_dim = int(bundle.manifest["speaker"]["dim"])  # the embedding's size
+        # schema 3: the model files take weight @ embedding + bias (computed here, once per speaker)
+        self._projection = bundle.speaker_projection()
+        width = self.spk_dim if self._projection is None else self._projection[0].shape[0]
+        self._spk = np.zeros((1, width), np.float32)  # what the model file's speaker input gets
         self._lock = threading.Lock()  # streams of this model take turns, one hop at a time
         self._active: Stream | None = None  # the stream whose speaker and state the model holds now
 
@@ -35,7 +38,11 @@ class Backend(ABC):
         return emb
 
     def set_speaker(self, emb: np.ndarray) -> None:
-        self._spk[0] = self.check_embedding(emb)
+        emb = self.check_embedding(emb)
+        if self._projection is not None:
+            weight, bias = self._projection
+            emb = weight @ emb + bias
+        self._spk[0] = emb
         self._speaker_changed()
 
     def open_stream(self) -> Stream:

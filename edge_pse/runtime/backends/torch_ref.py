@@ -27,8 +27,10 @@ class TorchBackend(Backend):
         torch.set_num_threads(self.threads)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         self._torch = torch
-        self._step = E3NetStep.from_state_dict(E3NetConfig.from_dict(bundle.manifest["config"]), state).eval()
-        self._spk_t = torch.zeros(1, self.spk_dim)
+        cfg = E3NetConfig.from_dict(bundle.manifest["config"])
+        # a projected bundle's speaker input is the projection (Backend.set_speaker), so the step takes it too
+        self._step = E3NetStep.from_state_dict(cfg, state, projected=self._projection is not None).eval()
+        self._spk_t = torch.zeros(1, self._spk.shape[1])
         self._hop = torch.zeros(1, self.hop_size)
         self._out = np.zeros(self.hop_size, np.float32)
         self.reset()
