@@ -118,9 +118,11 @@ def emulated_agent(rootfs: Path, tmp_path_factory):
 
 
 # the same int8 file on aarch64 (qemu) and x86: measured 2026-12-06 on the packed-state tiny, LiteRT 101 dB,
-# ONNX Runtime 39.6 dB (its x86 and ARM int8 MatMul kernels round differently); an ARM numeric bug at the
-# int8-vs-float tolerance (15-16 dB) is far below
-SAME_FILE_MIN_SNR_DB = 35.0
+# ONNX Runtime 39.6 dB (its x86 and ARM int8 MatMul kernels round differently); on 2026-12-07, with the speaker
+# projected (schema 3: FiLM's multiplies and adds in float between int8 ops, their results requantized), LiteRT
+# 36.5 dB and ONNX Runtime 32.1 dB, still 10 dB and more below the int8 files' own error (22-25 dB SNR vs
+# float); an ARM numeric bug at the int8-vs-float tolerance (15-16 dB) is far below
+SAME_FILE_MIN_SNR_DB = 30.0
 
 
 def local_pcm(bundle: Path, backend: str) -> np.ndarray:
