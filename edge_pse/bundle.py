@@ -1,6 +1,7 @@
 """The artifact bundle: the contract between export and the device runtime (docs/bundle.md).
 
-A bundle is a folder with `manifest.json`, the model files it lists and `report.md`. The runtime trusts
+A bundle is a folder with `manifest.json`, the model files it lists, the float weights and speaker projection
+it names, and `report.md`. The runtime trusts
 nothing the manifest does not describe: `Bundle.load` checks the schema (types, ranges and the consistency of
 the numbers the runtime uses: hop, rate, speaker, tensor shapes, int8 scales), the manifest's own digest
 (`manifest_sha256`, when it has one) and the sha256 of every listed file, and keeps every path inside the
@@ -13,6 +14,8 @@ import hashlib
 import json
 import math
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -140,6 +143,8 @@ class Bundle:
     path: Path
     manifest: dict
     files: list[FileEntry]
+    # schema 3: (weight [P, D], bias [P]) from speaker_projection.npz, checked at load
+    projection: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:
@@ -172,7 +177,7 @@ class Bundle:
                     f"bundle {path}: {entry.path} does not match its sha256 in {MANIFEST} (modified or corrupt); "
                     "re-export the bundle"
                 )
-        return cls(path, manifest, files)
+        return cls(path, manifest, files, _read_projection(path, manifest))
 
     def file(self, fmt: str, quantization: str | None = None) -> FileEntry:
         """The bundle's file of format `fmt` (int8 preferred over fp32 when `quantization` is not given)."""
@@ -196,24 +201,34 @@ class Bundle:
 
     def speaker_projection(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(weight [P, D], bias [P]) that turn an embedding into the model files' speaker input, or None when
-        they take the embedding itself (schema 2 bundles). Read with numpy alone (no pickle)."""
-        proj = self.manifest["speaker"].get("projection")
-        if proj is None:
-            return None
-        path = self.path / proj["path"]
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                weight, bias = z["weight"], z["bias"]
-        except (OSError, KeyError, ValueError) as e:
-            raise EdgePseError(f"bundle {self.path}: cannot read the speaker projection {proj['path']}: {e}") from None
-        dim, emb = proj["dim"], self.manifest["speaker"]["dim"]
-        ok = weight.dtype == np.float32 and bias.dtype == np.float32 and np.all(np.isfinite(weight))
-        if not ok or weight.shape != (dim, emb) or bias.shape != (dim,) or not np.all(np.isfinite(bias)):
-            raise EdgePseError(
-                f"bundle {self.path}: {proj['path']} must hold finite float32 weight [{dim}, {emb}] and bias [{dim}], "
-                f"got {weight.dtype} {list(weight.shape)} and {bias.dtype} {list(bias.shape)}"
-            )
-        return weight, bias
+        they take the embedding itself (schema 2 bundles)."""
+        return self.projection
+
+
+def _read_projection(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The speaker projection the manifest lists, read with numpy alone (no pickle) and checked: a bundle whose
+    projection cannot be used is refused at load, before a store activates it or a stream needs it."""
+    proj = manifest["speaker"].get("projection")
+    if proj is None:
+        return None
+    where = f"bundle {path}: {proj['path']}"
+    try:
+        with np.load(path / proj["path"], allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            weight, bias = z["weight"], z["bias"]
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise EdgePseError(f"{where}: cannot read the speaker projection ({e})") from None
+    dim, emb = proj["dim"], manifest["speaker"]["dim"]
+    ok = weight.dtype == np.float32 and bias.dtype == np.float32
+    if not ok or weight.shape != (dim, emb) or bias.shape != (dim,):
+        raise EdgePseError(
+            f"{where} must hold float32 weight [{dim}, {emb}] and bias [{dim}], got {weight.dtype} "
+            f"{list(weight.shape)} and {bias.dtype} {list(bias.shape)}"
+        )
+    if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
+        raise EdgePseError(f"{where} holds non-finite numbers")
+    return weight, bias
 
 
 @dataclass(frozen=True)
@@ -303,11 +318,29 @@ def _check_numbers(manifest: dict, where: str | Path) -> tuple[int, int]:
                 f"{where}: speaker.projection needs a path inside the bundle, a sha256 (64 lower-case hex digits) "
                 "and an integer dim"
             )
+        if manifest["schema_version"] < 3:
+            raise EdgePseError(f"{where}: speaker.projection needs schema_version 3")
+        want = _projected_dim(cfg)
+        if want is not None and proj["dim"] != want:
+            raise EdgePseError(
+                f"{where}: speaker.projection.dim {proj['dim']} does not fit the config (width x (1 + blocks x the "
+                f"conditioning's speaker Linears) = {want})"
+            )
     for key in ("tolerance", "costs"):
         block = manifest.get(key)
         if block is not None and (not isinstance(block, dict) or not all(_number(v) for v in block.values())):
             raise EdgePseError(f"{where}: '{key}' must map names to finite numbers")
     return hop, spk["dim"] if proj is None else proj["dim"]
+
+
+def _projected_dim(cfg: dict) -> int | None:
+    """The projected speaker input's size the config implies (model.step.E3NetStep), None if it cannot tell."""
+    from edge_pse.model.costs import ADAPTATION_LINEARS
+
+    width, blocks = cfg.get("width"), cfg.get("n_blocks")
+    if not (_int(width, 1, MAX_DIM) and _int(blocks, 0, MAX_DIM)):
+        return None
+    return width * (1 + blocks * ADAPTATION_LINEARS.get(str(cfg.get("conditioning", "concat")), 0))
 
 
 def _check_file_io(io: object, where: str, hop: int, dim: int, states: list[list[int]]) -> None:

@@ -72,7 +72,7 @@ MUTANTS = (
     Mutant(
         "edge-pse run ignores --speaker",
         "edge_pse/runtime/backends/base.py",
-        "        self._spk[0] = emb\n",
+        "        self._spk[0] = spk\n",
         "        self._spk[0] = 1.0 / np.sqrt(self._spk.shape[1])\n",
         ("tests/test_run.py", "-k", "reaches"),
     ),
@@ -95,7 +95,7 @@ MUTANTS = (
         "edge_pse/runtime/backends/base.py",
         '        np.clip(np.rint(x / t.scale) + t.zero_point, info.min, info.max, out=dst, casting="unsafe")\n',
         '        np.clip(np.rint(x) + t.zero_point, info.min, info.max, out=dst, casting="unsafe")\n',
-        ("tests/test_run.py", "-k", "reaches"),
+        ("tests/test_bundle.py", "-k", "int8_inputs"),
     ),
     Mutant(
         "the bundle's sha256 check skipped",

@@ -179,29 +179,72 @@ def test_the_model_file_takes_the_projected_speaker_and_the_runtime_projects_it(
 
 def test_a_tampered_or_malformed_speaker_projection_is_refused(copy) -> None:
     from edge_pse.bundle import PROJECTION, sha256_file
-    from edge_pse.runtime.backends import open_backend
 
     with open(copy / PROJECTION, "ab") as f:
         f.write(b"\0")
     with pytest.raises(EdgePseError, match=r"speaker_projection\.npz does not match its sha256"):
         Bundle.load(copy)
-    np.savez(copy / PROJECTION, weight=np.zeros((3, 256), np.float32), bias=np.zeros(3, np.float32))
-    _edit(copy, lambda m: m["speaker"]["projection"].update(sha256=sha256_file(copy / PROJECTION)), unseal=True)
-    with pytest.raises(EdgePseError, match=r"must hold finite float32 weight \[480, 256\]"):
-        open_backend(Bundle.load(copy), "onnx")
+
+    def replace_with(write, message: str) -> None:
+        """Rewrite the projection file and its manifest digest (as a hand edit would), then load."""
+        write(copy / PROJECTION)
+        _edit(copy, lambda m: m["speaker"]["projection"].update(sha256=sha256_file(copy / PROJECTION)), unseal=True)
+        with pytest.raises(EdgePseError, match=message):
+            Bundle.load(copy)
+
+    w = np.zeros((480, 256), np.float32)
+    replace_with(lambda p: np.savez(p, weight=w[:3], bias=np.zeros(3, np.float32)), r"float32 weight \[480, 256\]")
+    replace_with(lambda p: np.savez(p, weight=w.astype(np.float64), bias=w[:, 0]), r"got float64 \[480, 256\]")
+    replace_with(lambda p: np.savez(p, weight=w + np.nan, bias=w[:, 0]), "non-finite")
+    replace_with(lambda p: np.savez(p, weight=w), "cannot read the speaker projection")
+    replace_with(lambda p: p.write_bytes(b""), "cannot read the speaker projection")
+    replace_with(lambda p: p.write_bytes(b"PK\x03\x04 not a zip"), "cannot read the speaker projection")
+    def npy(p: Path) -> None:  # a plain .npy array, not an .npz archive
+        with open(p, "wb") as f:
+            np.save(f, w)
+
+    replace_with(npy, "cannot read the speaker projection")
+    _edit(copy, lambda m: m["speaker"]["projection"].update(dim=96), unseal=True)
+    with pytest.raises(EdgePseError, match=r"projection\.dim 96 does not fit the config"):
+        Bundle.load(copy)
     _edit(copy, lambda m: m["speaker"]["projection"].update(path="../p.npz"), unseal=True)
     with pytest.raises(EdgePseError, match=r"speaker\.projection needs a path inside the bundle"):
         Bundle.load(copy)
 
 
+def test_int8_inputs_are_quantized_with_the_manifest_scale() -> None:
+    """A schema-2 LiteRT file's speaker input is int8: the host writes round(x / scale) + zero point, clipped."""
+    from edge_pse.bundle import TensorIO
+    from edge_pse.runtime.backends.base import dequantize, quantize_into
+
+    t = TensorIO("spk", "int8", (1, 4), scale=0.01, zero_point=3)
+    dst = np.zeros((1, 4), np.int8)
+    quantize_into(dst, np.array([[0.0, 0.05, -0.2, 9.0]], np.float32), t)
+    assert dst.tolist() == [[3, 8, -17, 127]]
+    np.testing.assert_allclose(dequantize(dst, t), [[0.0, 0.05, -0.2, 1.24]], atol=1e-6)
+
+
 def test_a_schema_2_bundle_without_a_projection_still_runs_on_the_embedding() -> None:
+    """The shipped small (schema 2): its LiteRT file takes the embedding itself, as int8 with the manifest's
+    scale, and tracks its float reference with the right speaker (the tiny's files are all float32 now)."""
+    from edge_pse import demo
+    from edge_pse.enroll.profile import load_profile
+    from edge_pse.exporters.accuracy import snr_db
     from edge_pse.runtime.backends import open_backend
 
     b = Bundle.load(Path(__file__).resolve().parent.parent / "edge_pse" / "bundles" / "small-int8")
     assert b.manifest["schema_version"] == 2 and b.speaker_projection() is None
-    be = open_backend(b, "litert")
-    be.set_speaker(np.full(256, 1 / 16, np.float32))
-    assert np.all(np.isfinite(be.process(np.zeros(160, np.float32))))
+    assert b.file("tflite").io.inputs[1].quantized and b.file("tflite").io.inputs[1].shape == (1, 256)
+    import soundfile as sf
+
+    wave = sf.read(demo.path(demo.MIXTURE), dtype="float32")[0][: 200 * 160]
+    emb = load_profile(demo.path(demo.SPEAKER)).embedding
+    outs = {}
+    for name in ("litert", "torch"):
+        be = open_backend(b, name)
+        be.set_speaker(emb)
+        outs[name] = np.concatenate([be.process(h).copy() for h in wave.reshape(-1, 160)])
+    assert snr_db(outs["torch"], outs["litert"]) >= b.tolerance["int8_min_snr_db"]
 
 
 # --- every path the manifest names stays inside the bundle (issue 15, D7)

@@ -1,7 +1,8 @@
 """LiteRT .tflite through litert-torch: fp32 straight from the step, int8 from its own PT2E quantizer.
 
-litert-torch's int8 model keeps mixed I/O (the speaker int8, the hop and the packed state float;
-docs/toolchain.md), so the file's real I/O is read back from the interpreter into the manifest.
+litert-torch's int8 model may have mixed I/O (an input that feeds an int8 op directly becomes int8, such as the
+unprojected speaker; docs/toolchain.md), so the file's real I/O is read back from the interpreter into the
+manifest.
 """
 
 from __future__ import annotations

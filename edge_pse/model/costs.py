@@ -17,7 +17,7 @@ def config_costs(cfg: dict, projected: bool = False) -> dict:
     mul: 1), mask W x N, decoder N x window. The embedding's standardisation folds into the fusion and
     adaptation weights at export: it costs nothing per hop. `projected` (what bundles run, model.step): the
     Linears that see only the speaker (fusion's D x W half, the adaptation's) run once per speaker instead of
-    per hop; `projection_params` counts them.
+    per hop; `projection_params` counts them, and `params` is then the exported step's (what runs per hop).
     """
     n, w, k, f, d = (int(cfg[key]) for key in ("n_filters", "width", "n_blocks", "ff_dim", "spk_dim"))
     win = int(cfg.get("window", 2 * int(cfg.get("hop", 160))))
@@ -27,13 +27,15 @@ def config_costs(cfg: dict, projected: bool = False) -> dict:
     # 32-bit parameters besides Linear weights, in the step (LSTM biases merged) and in the model (two LSTM biases)
     step_small = 5 * n + 4 * w + k * (2 * f + 12 * w + adapt * w)
     model_small = step_small + k * 4 * w
-    if projected:
+    params = macs + model_small  # the model's
+    if projected:  # the exported step's, per hop: the speaker's Linears and biases are the projection's
         macs -= d * speaker_rows
-        step_small -= k * adapt * w  # the adaptation's biases are the projection's now
+        step_small -= k * adapt * w
+        params = macs + step_small
     return {
-        "params": macs + model_small,
+        "params": params,
         "macs_per_hop": macs,
-        "fp32_bytes": 4 * (macs + model_small),
+        "fp32_bytes": 4 * params,
         "int8_bytes": macs + 4 * step_small,
         "operators": 10 + k * (24 + 2 * adapt),  # Linear, add, activations, LayerNorms of one step (magnitude)
         "projection_params": (d + 1) * speaker_rows if projected else 0,

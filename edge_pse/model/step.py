@@ -158,7 +158,7 @@ class E3NetStep(nn.Module):
 
     def _projection_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The speaker-only Linears stacked as one (weight, bias): fusion's speaker half, then per block the
-        adaptation's scale and shift, in the order `_speaker_terms` slices them."""
+        adaptation's scale and shift, in the order `forward` and `_adapted` slice them."""
         linears = [self.fusion_spk]
         for a in self.adapt or ():
             linears += [a.scale] + ([a.shift] if a.shift is not None else [])

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from edge_pse.model.checkpoint import SHIPPED_DIR, load_model, read_checkpoint, save_checkpoint
+from edge_pse.model.costs import config_costs
 from edge_pse.model.stats import model_stats
 from edge_pse.quant import ranges
 from edge_pse.train.trainer import lineage_of
@@ -73,11 +74,13 @@ def card(
         else "clean targets only (no teacher)"
     )
     stages = [_stage_line(st) for st in extra.get("lineage", [])]
+    exported_macs = config_costs(payload["config"], projected=True)["macs_per_hop"]
     lines = [
         f"# edge-pse model card: `{name}`",
         "",
         f"E3Net preset `{payload['preset']}`: {stats.params / 1e6:.3f} M parameters, "
-        f"{stats.macs_per_hop / 1e6:.3f} M MACs per 10 ms hop, 20 ms algorithmic latency. "
+        f"{stats.macs_per_hop / 1e6:.3f} M MACs per 10 ms hop ({exported_macs / 1e6:.3f} M as exported: the speaker's "
+        "Linears run once per speaker), 20 ms algorithmic latency. "
         f"Config: `{json.dumps(payload['config'])}`.",
         "",
         "## Training",

@@ -1,7 +1,8 @@
 """One small interface over every runtime: load a bundle's model file, set the speaker, reset, process a hop.
 
-Torch-free. A backend keeps the step's state (one packed float tensor, bundle schema 2) internally between
-`process` calls; int8 inputs (LiteRT's speaker) are quantized here with the scales the manifest records.
+Torch-free. A backend keeps the step's state (one packed float tensor, bundle schema 2 and later) internally
+between `process` calls. A schema-3 bundle's speaker projection is applied here, once per speaker; int8 inputs
+(the speaker of schema-2 LiteRT files) are quantized here with the scales the manifest records.
 A backend's own calls are one stream; `open_stream()` gives more streams on the same loaded model (the device
 agent serves each connection's stream so), each with its own speaker and state.
 """
@@ -37,12 +38,20 @@ class Backend(ABC):
             raise EdgePseError(f"speaker embedding must be {self.spk_dim} finite floats (got {emb.size} values)")
         return emb
 
-    def set_speaker(self, emb: np.ndarray) -> None:
+    def speaker_input(self, emb: np.ndarray) -> np.ndarray:
+        """What the model file's speaker input gets for embedding `emb` (checked): the projection's output for
+        a schema-3 bundle, else the embedding itself."""
         emb = self.check_embedding(emb)
-        if self._projection is not None:
-            weight, bias = self._projection
-            emb = weight @ emb + bias
-        self._spk[0] = emb
+        if self._projection is None:
+            return emb
+        weight, bias = self._projection
+        return weight @ emb + bias
+
+    def set_speaker(self, emb: np.ndarray) -> None:
+        self._set_speaker_input(self.speaker_input(emb))
+
+    def _set_speaker_input(self, spk: np.ndarray) -> None:
+        self._spk[0] = spk
         self._speaker_changed()
 
     def open_stream(self) -> Stream:
@@ -53,7 +62,7 @@ class Backend(ABC):
         """Hand the model to `stream`: the previous stream keeps a copy of its state, this one's is loaded."""
         if self._active is not None:
             self._active._state = self._get_state()
-        self.set_speaker(stream._spk)
+        self._set_speaker_input(stream._spk)  # projected once, when the stream's speaker was set
         if stream._state is None:
             self.reset()
         else:
@@ -70,7 +79,7 @@ class Backend(ABC):
 
     @abstractmethod
     def _speaker_changed(self) -> None:
-        """Copy `self._spk` to wherever the runtime reads the embedding from (maybe an int8 buffer)."""
+        """Copy `self._spk` to wherever the runtime reads its speaker input from (maybe an int8 buffer)."""
 
     @abstractmethod
     def reset(self) -> None:
@@ -102,19 +111,20 @@ def dequantize(x: np.ndarray, t: TensorIO) -> np.ndarray:
 class Stream:
     """One audio stream on a loaded model, as sherpa-onnx's streams: its own speaker and packed state. The
     model loads once; streams take turns, one hop at a time. Switching costs a copy of the state (704 floats
-    for tiny) and setting the speaker again; a stream that keeps the model pays nothing extra."""
+    for tiny) and of the speaker input (its projection is kept, not recomputed); a stream that keeps the model
+    pays nothing extra."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._spk = np.zeros(backend.spk_dim, np.float32)
+        self._spk = np.zeros(backend._spk.shape[1], np.float32)  # the model file's speaker input
         self._state: np.ndarray | None = None  # None: zero state (a fresh or reset stream)
 
     def set_speaker(self, emb: np.ndarray) -> None:
         b = self.backend
-        self._spk = b.check_embedding(emb).copy()
+        self._spk = np.array(b.speaker_input(emb), dtype=np.float32)
         with b._lock:
             if b._active is self:
-                b.set_speaker(self._spk)
+                b._set_speaker_input(self._spk)
 
     def reset(self) -> None:
         b = self.backend

@@ -1,5 +1,6 @@
-"""LiteRT (ai-edge-litert, else tflite-runtime): no torch. litert-torch's int8 files take the speaker (and maybe
-the hop) as int8, quantized here with the manifest's scales; the packed state stays float."""
+"""LiteRT (ai-edge-litert, else tflite-runtime): no torch. An int8 input (the speaker of schema-2 int8 files;
+a schema-3 file's inputs are all float) is quantized here with the manifest's scale; the packed state stays
+float."""
 
 from __future__ import annotations
 
