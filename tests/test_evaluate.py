@@ -17,21 +17,14 @@ def test_evaluate_json_has_every_condition(synthetic_root, tmp_path) -> None:
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.pt"
     save_checkpoint(ckpt, E3Net(get_preset("tiny")), "tiny")
-    res = edge_pse(
-        "evaluate",
-        "--checkpoint",
-        str(ckpt),
-        "--data",
-        str(synthetic_root),
-        "--json",
-        "--fast",
-        "--per-condition",
-        "2",
-        "--seconds",
-        "2",
-    )
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
+
+    def evaluate(*extra: str) -> dict:
+        args = ("--checkpoint", str(ckpt), "--data", str(synthetic_root), "--json", "--fast")
+        res = edge_pse("evaluate", *args, "--per-condition", "2", "--seconds", "2", *extra)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    out = evaluate()
     for c in CONDITIONS:
         assert out[c]["count"] == 2
     for c in ("noise", "interferer", "both", "reverberant"):
@@ -41,23 +34,7 @@ def test_evaluate_json_has_every_condition(synthetic_root, tmp_path) -> None:
     assert out["meta"]["split"] == "test"
 
     # the training split scores other mixtures (the speakers the model trained on), and says which split it is
-    res = edge_pse(
-        "evaluate",
-        "--checkpoint",
-        str(ckpt),
-        "--data",
-        str(synthetic_root),
-        "--json",
-        "--fast",
-        "--per-condition",
-        "2",
-        "--seconds",
-        "2",
-        "--split",
-        "train",
-    )
-    assert res.returncode == 0, res.stderr
-    train = json.loads(res.stdout)
+    train = evaluate("--split", "train")
     assert train["meta"]["split"] == "train"
     assert train["noise"]["si_sdri"] != out["noise"]["si_sdri"]
 

@@ -31,18 +31,25 @@ def test_step_equals_offline_over_10s(name: str) -> None:
     assert offline[:, : cfg.hop].abs().max() > 0  # the first hop is real output, not padding
 
 
-@pytest.mark.parametrize("conditioning", CONDITIONINGS)
-def test_a_projected_step_equals_offline_and_leaves_the_speaker_linears_out(conditioning: str) -> None:
-    """The speaker's Linears computed once per speaker (the bundle's projection) give the offline model's output,
-    and the per-hop step no longer carries them."""
-    cfg = replace(get_preset("tiny"), conditioning=conditioning)
-    torch.manual_seed(5)
+def trained_like(cfg: E3NetConfig, seed: int) -> E3Net:
+    """A tiny whose weights moved off their init (the adaptation leaves its zero init, as training would), with
+    a population of d-vectors far from zero-mean, unit-std: folding the standardisation into the step must be
+    exact."""
+    torch.manual_seed(seed)
     model = E3Net(cfg)
     model.set_speaker_stats(torch.relu(torch.randn(300, cfg.spk_dim)) * 0.05 + 0.02)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    model.eval()
+    return model.eval()
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_a_projected_step_equals_offline_and_leaves_the_speaker_linears_out(conditioning: str) -> None:
+    """The speaker's Linears computed once per speaker (the bundle's projection) give the offline model's output,
+    and the per-hop step no longer carries them."""
+    cfg = replace(get_preset("tiny"), conditioning=conditioning)
+    model = trained_like(cfg, seed=5)
     full, projected = E3NetStep(model).eval(), E3NetStep(model, projected=True).eval()
     wave = 0.3 * torch.randn(2, 40 * cfg.hop)
     spk = torch.nn.functional.normalize(torch.rand(2, cfg.spk_dim), dim=-1)
@@ -79,14 +86,7 @@ def test_step_runs_a_trained_checkpoint_unchanged(tmp_path) -> None:
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
 def test_every_conditioning_streams_exactly_and_hears_the_speaker(conditioning: str) -> None:
     cfg = replace(get_preset("tiny"), conditioning=conditioning)
-    torch.manual_seed(3)
-    model = E3Net(cfg)
-    # a population whose d-vectors are far from zero-mean, unit-std: the fold into the step must be exact
-    model.set_speaker_stats(torch.relu(torch.randn(300, cfg.spk_dim)) * 0.05 + 0.02)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # the adaptation leaves its zero init, as training would
-    model.eval()
+    model = trained_like(cfg, seed=3)
     step = E3NetStep(model).eval()
     wave = 0.3 * torch.randn(2, 80 * cfg.hop)
     spk = torch.nn.functional.normalize(torch.relu(torch.randn(2, cfg.spk_dim)), dim=-1)
