@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 def _umask() -> int:
@@ -46,3 +47,34 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 `text` to `path` atomically."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def hold_lock(path: str | os.PathLike) -> IO[str] | None:
+    """Take an exclusive lock on `path` for as long as the returned file stays open (the OS releases it when the
+    process dies, so a killed writer leaves no stale lock); the file then holds this process's PID.
+
+    Raises BlockingIOError when another process holds it (its PID is in the file); None where fcntl does not
+    exist. Why: two processes writing one folder (a run, a build) overwrite each other's files.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        f.close()
+        raise
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def lock_holder(path: str | os.PathLike) -> str:
+    """The PID a lock file names ('?' when unreadable)."""
+    try:
+        return Path(path).read_text().strip() or "?"
+    except OSError:
+        return "?"

@@ -199,6 +199,7 @@ def test_a_tampered_or_malformed_speaker_projection_is_refused(copy) -> None:
     replace_with(lambda p: np.savez(p, weight=w), "cannot read the speaker projection")
     replace_with(lambda p: p.write_bytes(b""), "cannot read the speaker projection")
     replace_with(lambda p: p.write_bytes(b"PK\x03\x04 not a zip"), "cannot read the speaker projection")
+
     def npy(p: Path) -> None:  # a plain .npy array, not an .npz archive
         with open(p, "wb") as f:
             np.save(f, w)

@@ -215,8 +215,8 @@ def test_conditioning_is_part_of_the_run(datasets, tmp_path) -> None:
     concat = make_trainer(datasets, tmp_path / "b", steps=2, conditioning="concat")
     with pytest.raises(EdgePseError, match="film-conditioned tiny, this run trains concat"):
         concat.resume(tmp_path / "a" / "last.pt")
-    with pytest.raises(EdgePseError, match="--conditioning film to fine-tune it"):  # the shipped tiny is FiLM
-        make_trainer(datasets, tmp_path / "c", steps=2, conditioning="concat").init_from("tiny")
+    with pytest.raises(EdgePseError, match="--conditioning film to fine-tune it"):
+        make_trainer(datasets, tmp_path / "c", steps=2, conditioning="concat").init_from(tmp_path / "a" / "last.pt")
     # the standardisation comes from the training speakers' d-vectors and is saved with the weights
     emb = torch.from_numpy(__import__("numpy").concatenate(datasets[0]._embeddings))
     assert torch.allclose(film.model.spk_mean, emb.mean(0))
@@ -363,3 +363,32 @@ def test_learning_curves_are_drawn_from_a_runs_log(datasets, tmp_path) -> None:
     assert [r["step"] for r in recs] == [2, 4] and all("val_gap_db" in r for r in recs)
     assert main([str(run), "--output", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_second_run_in_the_same_folder_is_refused_before_any_work(tmp_path) -> None:
+    """Two processes training into one --out would overwrite each other's last.pt and interleave the log."""
+    import subprocess
+    import sys
+
+    from edge_pse.atomic import hold_lock
+    from edge_pse.train.trainer import RUN_LOCK
+    from tests.test_cli import edge_pse
+
+    out = tmp_path / "run"
+    out.mkdir()
+    code = (
+        "import sys, time; from edge_pse.atomic import hold_lock; "
+        "f = hold_lock(sys.argv[1]); print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out / RUN_LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = edge_pse("train", "--preset", "tiny", "--data", str(tmp_path / "nodata"), "--out", str(out))
+        assert res.returncode == 2 and f"another training run (pid {holder.pid})" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and [p.name for p in out.iterdir()] == [RUN_LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = hold_lock(out / RUN_LOCK)  # the OS released the killed holder's lock: no stale lock to clean up
+    assert lock is not None
+    lock.close()

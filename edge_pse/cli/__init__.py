@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth-speakers": ("edge_pse.cli.synth_speakers", "add espeak-ng speakers to a data root for training"),
     "train": ("edge_pse.cli.train", "train an E3Net (e.g. the teacher) on mixtures made on the fly"),
     "distill": ("edge_pse.cli.distill", "distil a student from a teacher (knowledge distillation)"),
+    "prune": ("edge_pse.cli.prune", "drop a trained model's least-used filters and units (then fine-tune it)"),
     "evaluate": ("edge_pse.cli.evaluate", "metrics per condition for a checkpoint on a held-out set"),
     "bench": ("edge_pse.cli.bench", "benchmark bundles x backends x threads: latency, memory, quality -> report"),
     "regress": ("edge_pse.cli.regress", "compare two bench reports cell by cell; non-zero exit on a regression"),

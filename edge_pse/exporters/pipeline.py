@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_pse.atomic import hold_lock
 from edge_pse.bundle import (
     FORMATS,
     MODES,
@@ -305,13 +306,7 @@ STALE_UNLOCKED_S = 600.0  # a build folder without a lock file (made before lock
 def _lock(tmp: Path):
     """Hold an exclusive lock on `tmp` for as long as this export runs (released by the OS if it is killed).
     None where fcntl does not exist (then stale folders are recognised by age alone)."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    f = open(tmp / LOCK, "w")  # held open (and locked) for the export's lifetime
-    fcntl.flock(f, fcntl.LOCK_EX)
-    return f
+    return hold_lock(tmp / LOCK)  # a fresh private folder: nobody else can hold it
 
 
 def _is_stale(folder: Path) -> bool:

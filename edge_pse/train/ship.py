@@ -150,6 +150,10 @@ def _kept_line(extra: dict, hist: list[dict]) -> str:
 
 def _stage_line(st: dict) -> str:
     """One earlier training stage (edge_pse.train.trainer.lineage_of) as a card bullet."""
+    if "pruned" in st:  # edge-pse prune: a change of sizes, no training
+        sizes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in st["pruned"].items())
+        scored = st.get("scored_on")
+        return f"  - `{st.get('source')}` pruned ({sizes}; channels scored on {scored}): `{st.get('command')}`."
     targets = f"KD from `{st['teacher']}`, kd_weight {st.get('kd_weight')}" if st.get("teacher") else "clean targets"
     best = st.get("best_val")
     text = (

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from edge_pse.atomic import hold_lock, lock_holder
 from edge_pse.data.mixtures import Example, MixtureConfig, MixtureDataset
 from edge_pse.errors import EdgePseError
 from edge_pse.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
@@ -116,6 +117,10 @@ def _level(cfg: E3NetConfig) -> str:
     return "off" if cfg.frame_level_dbfs is None else f"{cfg.frame_level_dbfs:g}"
 
 
+RUN_LOCK = ".train.lock"  # in a run folder, held by the process training it (edge_pse.atomic.hold_lock)
+SIZE_KEYS = ("n_filters", "width", "n_blocks", "ff_dim")  # layer sizes: a run takes them from --init
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -168,10 +173,7 @@ class Trainer:
         if cfg.frame_level is not None:
             mcfg_model = replace(mcfg_model, frame_level_dbfs=cfg.frame_level_dbfs)
         self.device = torch.device(cfg.device)
-        self.model = E3Net(mcfg_model)
-        # standardise by the training speakers' d-vectors (a resumed or --init run loads its own statistics)
-        self.model.set_speaker_stats(torch.from_numpy(np.concatenate(self.train_ds._embeddings)))
-        self.model.to(self.device)
+        self._build(mcfg_model)
         self.teacher: E3Net | None = None
         if cfg.teacher:
             self.teacher, _ = load_model(cfg.teacher)
@@ -181,15 +183,28 @@ class Trainer:
             from edge_pse.train.asr_loss import AsrLoss
 
             self.asr = AsrLoss()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=1e-4)
         self.step = 0
         self.best = -math.inf
         self.history: list[dict] = []
         self.lineage: list[dict] = []  # earlier training stages of the weights this run started from (--init)
         self.events: list[dict] = []  # changes made to a resumed run (a switched frame level normalisation)
+
+    def _build(self, mcfg: E3NetConfig) -> None:
+        """The model, its optimizer and its DDP wrapper for these sizes (again when --init or a resumed run has
+        other layer sizes than the preset: a pruned model fine-tunes at its own sizes)."""
+        self.model = E3Net(mcfg)
+        # standardise by the training speakers' d-vectors (a resumed or --init run loads its own statistics)
+        self.model.set_speaker_stats(torch.from_numpy(np.concatenate(self.train_ds._embeddings)))
+        self.model.to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=1e-4)
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    def _adopt_sizes(self, cfg: E3NetConfig) -> None:
+        """Rebuild the model with `cfg`'s layer sizes (this run's conditioning and level normalisation stay)."""
+        if any(getattr(cfg, k) != getattr(self.model.cfg, k) for k in SIZE_KEYS):
+            self._build(replace(self.model.cfg, **{k: getattr(cfg, k) for k in SIZE_KEYS}))
 
     # checkpoints -----------------------------------------------------------------------------------------
     @property
@@ -224,6 +239,7 @@ class Trainer:
                 f"{_level(self.model.cfg)}: pass --frame-level-dbfs {_level(saved_cfg)} to continue it as it was, "
                 f"or --frame-level-dbfs {_level(self.model.cfg)} to continue it with that (same weights)"
             )
+        self._adopt_sizes(saved_cfg)  # a run started from a pruned --init keeps its sizes
         if replace(saved_cfg, frame_level_dbfs=self.model.cfg.frame_level_dbfs) != self.model.cfg:
             raise EdgePseError(
                 f"{path} holds a {saved_cfg.conditioning}-conditioned {self.cfg.preset}, this run trains "
@@ -262,6 +278,7 @@ class Trainer:
         if payload["preset"] != self.cfg.preset:
             raise EdgePseError(f"--init {source} is a {payload['preset']} checkpoint, not {self.cfg.preset}")
         # the frame level normalisation has no weights: a fine-tune may add or change it (the run's own setting)
+        self._adopt_sizes(model.cfg)  # e.g. a pruned model (edge-pse prune) fine-tunes at its own sizes
         if replace(model.cfg, frame_level_dbfs=self.model.cfg.frame_level_dbfs) != self.model.cfg:
             raise EdgePseError(
                 f"--init {source} is a {model.cfg.conditioning}-conditioned {self.cfg.preset}; this run trains "
@@ -507,7 +524,18 @@ def run_training(cfg: TrainConfig, resume: bool = True, show_progress: bool = Tr
     """Entry point for the CLI; joins a torchrun process group when launched by torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
+    lock = None
     try:
+        if _rank_world()[0] == 0:  # a second run in this folder would overwrite this one's checkpoints and log
+            out = Path(cfg.out)
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                lock = hold_lock(out / RUN_LOCK)
+            except BlockingIOError:
+                raise EdgePseError(
+                    f"another training run (pid {lock_holder(out / RUN_LOCK)}) is writing to {out}: stop it first, "
+                    "or choose another --out"
+                ) from None
         trainer = Trainer(cfg)
         if resume and trainer.resume():
             started_from = trainer.lineage[-1]["source"] if trainer.lineage else None
@@ -521,5 +549,7 @@ def run_training(cfg: TrainConfig, resume: bool = True, show_progress: bool = Tr
         trainer.fit(show_progress=show_progress)
         return trainer
     finally:
+        if lock is not None:
+            lock.close()
         if dist.is_initialized():
             dist.destroy_process_group()
