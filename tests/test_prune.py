@@ -85,6 +85,11 @@ def test_prune_cli_writes_a_checkpoint_that_fine_tunes_and_resumes_at_its_sizes(
     want = {"n_filters": [preset.n_filters, small.n_filters], "ff_dim": [preset.ff_dim, small.ff_dim]}
     assert stage["pruned"] == want
     assert stage["command"].startswith("edge-pse prune --checkpoint")
+    from edge_pse.train.ship import _stage_line  # the model card lists the prune among the training stages
+
+    line = _stage_line(stage)
+    assert f"n_filters {preset.n_filters} -> {small.n_filters}, ff_dim {preset.ff_dim} -> {small.ff_dim}" in line
+    assert stage["command"] in line and "None" not in line
 
     def trainer() -> Trainer:
         cfg = TrainConfig(preset="tiny", data=str(synthetic_root), out=str(tmp_path / "run"), seconds=1.0, batch=2)
