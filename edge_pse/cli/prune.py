@@ -21,15 +21,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    import numpy as np
-    import torch
-
     from edge_pse.data.mixtures import MixtureDataset
     from edge_pse.errors import EdgePseError
     from edge_pse.model.checkpoint import load_model, resolve_checkpoint, save_checkpoint
     from edge_pse.model.costs import config_costs
     from edge_pse.model.prune import channel_scores, prune
     from edge_pse.train.recipes import get_recipe
+    from edge_pse.train.trainer import _batch as batch_of
     from edge_pse.train.trainer import lineage_of
 
     if args.examples <= 0 or args.seconds <= 0:
@@ -46,11 +44,8 @@ def run(args: argparse.Namespace) -> int:
         )
     recipe = get_recipe("pse")  # its last stage mixes every condition the model serves
     ds = MixtureDataset(args.data, "train", seed=args.seed, cfg=recipe.mixture(recipe.stages[-1], args.seconds))
-    batches = []
-    for start in range(0, args.examples, 16):
-        exs = [ds[i] for i in range(start, min(start + 16, args.examples))]
-        wave = torch.from_numpy(np.stack([e.mixture for e in exs]))
-        batches.append((wave, torch.from_numpy(np.stack([e.embedding for e in exs]))))
+    chunks = (list(range(i, min(i + 16, args.examples))) for i in range(0, args.examples, 16))
+    batches = [(mix, emb) for mix, _, emb in (batch_of(ds, idx) for idx in chunks)]
     pruned = prune(model, channel_scores(model, batches), args.n_filters, args.ff_dim)
     before, after = (config_costs(c.to_dict(), projected=True) for c in (cfg, pruned.cfg))
     stage = {
