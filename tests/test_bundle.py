@@ -226,14 +226,14 @@ def test_int8_inputs_are_quantized_with_the_manifest_scale() -> None:
 
 
 def test_a_schema_2_bundle_without_a_projection_still_runs_on_the_embedding() -> None:
-    """The shipped small (schema 2): its LiteRT file takes the embedding itself, as int8 with the manifest's
-    scale, and tracks its float reference with the right speaker (the tiny's files are all float32 now)."""
+    """The small shipped until 2026-12-07 (schema 2, kept as a fixture): its LiteRT file takes the embedding
+    itself, as int8 with the manifest's scale, and tracks its float reference with the right speaker."""
     from edge_pse import demo
     from edge_pse.enroll.profile import load_profile
     from edge_pse.exporters.accuracy import snr_db
     from edge_pse.runtime.backends import open_backend
 
-    b = Bundle.load(Path(__file__).resolve().parent.parent / "edge_pse" / "bundles" / "small-int8")
+    b = Bundle.load(Path(__file__).resolve().parent / "fixtures" / "small-int8-schema2")
     assert b.manifest["schema_version"] == 2 and b.speaker_projection() is None
     assert b.file("tflite").io.inputs[1].quantized and b.file("tflite").io.inputs[1].shape == (1, 256)
     import soundfile as sf
