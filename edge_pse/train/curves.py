@@ -34,11 +34,13 @@ def plot(runs: dict[str, list[dict]], output: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.4))
+    # one colour per run in every panel: the default cycle repeats after 10 runs
+    colours = dict(zip(runs, plt.get_cmap("tab20").colors, strict=False))
     for ax, (key, title) in zip(axes, PANELS, strict=True):
         for name, recs in runs.items():
             pts = [(r["step"], r[key]) for r in recs if key in r]
             if pts:
-                ax.plot(*zip(*pts, strict=True), label=name, lw=1.2)
+                ax.plot(*zip(*pts, strict=True), label=name, lw=1.2, color=colours.get(name))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
