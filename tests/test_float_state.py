@@ -90,6 +90,42 @@ def test_a_projected_speaker_input_reaches_its_multiplies_and_adds_unquantized()
     assert any(observed(n) for n in takers if "add" in str(n.target))
 
 
+def test_the_mask_multiplies_the_encoder_features_unquantized() -> None:
+    """feats * sigmoid(mask(x)) takes the features as float (no observer between them and the multiply; the
+    sigmoid keeps its own fixed 0..1 scale where the quantizer gives it one); the product is observed again where
+    the decoder's int8 Linears read it."""
+    from edge_pse.exporters import pte, tflite
+    from edge_pse.quant.ptq import prepare_observers
+
+    torch.manual_seed(0)
+    step = E3NetStep(E3Net(get_preset("tiny")).eval(), projected=True).eval()
+
+    def is_observer(node) -> bool:
+        return node.op == "call_module" and "activation_post_process" in str(node.target)
+
+    def source(node):  # through the observers PT2E put in between
+        while is_observer(node):
+            node = node.args[0]
+        return node
+
+    for quantizer in (pte.quantizer(), tflite.quantizer()):
+        prepared = prepare_observers(step, with_float_paths(quantizer, step))
+        calls = [n for n in prepared.graph.nodes if n.op == "call_function"]
+        (mask,) = [
+            n
+            for n in calls
+            if "sigmoid" in str(n.target)
+            and "linear" in str(source(n.args[0]).target)
+            and str(source(source(n.args[0]).args[1]).target) == "mask.weight"
+        ]
+        (product,) = [n for n in calls if "mul" in str(n.target) and mask in map(source, n.all_input_nodes)]
+        (feats,) = [a for a in product.all_input_nodes if source(a) is not mask]
+        assert not is_observer(feats), product.all_input_nodes
+        for a in product.all_input_nodes:
+            assert not is_observer(a) or type(getattr(prepared, a.target)).__name__ == "FixedQParamsObserver"
+        assert any(is_observer(u) for u in product.users)
+
+
 @pytest.mark.slow
 def test_int8_with_a_float_cell_state_tracks_the_float_step(distilled, clips) -> None:
     """Measured on the distilled tiny: 10.3 dB SNR vs float with an int8 cell state, 23.4 dB with a float one

@@ -27,20 +27,22 @@ def other_calib(calib):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_pinned_ranges_reproduce_the_int8_file_calibrated_elsewhere(tiny, calib, other_calib, tmp_path) -> None:  # noqa: F811
-    from edge_pse.exporters import pte
+@pytest.mark.parametrize("fmt", ["pte", "onnx"])
+def test_pinned_ranges_reproduce_the_int8_file_calibrated_elsewhere(tiny, calib, other_calib, tmp_path, fmt) -> None:  # noqa: F811
+    from edge_pse.exporters import onnx, pte
     from edge_pse.exporters.accuracy import LEVELS_DBFS
     from edge_pse.model.step import E3NetStep
 
-    first = export(tiny, calib, tmp_path / "a", "pte")
+    first = export(tiny, calib, tmp_path / "a", fmt)
     stored = ranges.load(tmp_path / "a" / ranges.FILENAME)
-    assert stored.formats["pte"] and stored.source == calib.describe()
+    assert stored.formats[fmt] and stored.source == calib.describe()
     # the other clips alone would scale the activations differently (the graph the export quantizes: projected)
     step = E3NetStep(tiny, projected=True).eval()
-    own = pte.quantize(step, "ptq", other_calib.across_levels(LEVELS_DBFS).calibration, None).ranges
-    assert own.keys() == stored.formats["pte"].keys() and own != stored.formats["pte"]
-    second = export(tiny, other_calib, tmp_path / "b", "pte", ranges=stored)
-    assert second.file("pte").sha256 == first.file("pte").sha256
+    stages = {"pte": pte, "onnx": onnx}[fmt]
+    own = stages.quantize(step, "ptq", other_calib.across_levels(LEVELS_DBFS).calibration, None).ranges
+    assert own.keys() == stored.formats[fmt].keys() and own != stored.formats[fmt]
+    second = export(tiny, other_calib, tmp_path / "b", fmt, ranges=stored)
+    assert second.file(fmt).sha256 == first.file(fmt).sha256
     assert second.manifest["source"]["activation_ranges"] == stored.source
 
 
@@ -56,11 +58,21 @@ def test_ranges_that_do_not_fit_the_graph_are_refused(tiny) -> None:  # noqa: F8
         ranges.pin(prepared, {"activation_post_process_0": [0.1, 0]}, "XNNPACKQuantizer")
 
 
+def test_onnx_ranges_of_another_graph_are_refused(tiny) -> None:  # noqa: F811
+    from edge_pse.exporters import onnx
+    from edge_pse.model.step import E3NetStep
+
+    step = E3NetStep(tiny, projected=True).eval()
+    with pytest.raises(EdgePseError, match="onnx: the stored activation ranges do not fit this graph"):
+        onnx.quantize(step, "ptq", [], None, pinned={"/fc1/Gemm_output_0": [-1.0, 1.0]})
+
+
 def test_ranges_without_a_formats_table_are_refused_before_any_work() -> None:
     stored = ranges.ActivationRanges("x", "test", -20.0, {"pte": {"activation_post_process_1": [0.1, 0]}})
-    stored.check(-20.0, ("pte", "onnx"))  # ONNX is never pinned
-    with pytest.raises(EdgePseError, match="no table for tflite"):
-        stored.check(-20.0, ("pte", "tflite"))
+    stored.check(-20.0, ("pte",))
+    for fmt in ("tflite", "onnx"):
+        with pytest.raises(EdgePseError, match=f"no table for {fmt}"):
+            stored.check(-20.0, ("pte", fmt))
 
 
 def test_a_broken_ranges_file_is_a_clear_error(tmp_path) -> None:
@@ -99,6 +111,8 @@ def test_the_shipped_tiny_carries_ranges_for_its_own_weights() -> None:
     from edge_pse.model.checkpoint import SHIPPED_DIR
 
     stored = ranges.load(ranges.beside(SHIPPED_DIR / "tiny.pt"), sha256_file(SHIPPED_DIR / "tiny.pt"))
-    assert {"pte", "tflite"} <= stored.formats.keys()
-    scales = np.array([s for table in stored.formats.values() for s, _ in table.values()])
+    assert {"pte", "tflite", "onnx"} <= stored.formats.keys()
+    scales = np.array([s for f in ("pte", "tflite") for s, _ in stored.formats[f].values()])
     assert np.all(scales > 0) and np.all(np.isfinite(scales))
+    lowest, highest = np.array(list(stored.formats["onnx"].values())).T
+    assert np.all(np.isfinite(lowest)) and np.all(lowest < highest)

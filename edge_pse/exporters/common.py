@@ -22,9 +22,7 @@ class Quantized:
     step: Any  # the float step it came from (its I/O; after QAT, the fine-tuned weights)
     quantization: str  # the files' label: fp32, int8-ptq, int8-qat
     quantizer: Any = None  # LiteRT: the PT2E quantizer, which litert-torch's converter takes again
-    clips: list = field(default_factory=list)  # ONNX: onnxruntime quantizes the lowered file with these
-    max_hops: int | None = None
-    ranges: dict = field(default_factory=dict)  # PT2E int8: the activation (scale, zero point) clips showed
+    ranges: dict = field(default_factory=dict)  # int8: the activation ranges used (quant/ranges.py's tables)
 
 
 @dataclass

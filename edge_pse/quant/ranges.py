@@ -11,6 +11,10 @@ through the graph (weight observers, the gate).
 A table is tied to the checkpoint file it was measured on (sha256), to the exported step's per-frame level
 normalisation (the same graph at another level would need other scales) and to the graph's observers (names and
 count); anything else is refused rather than silently mis-scaled.
+
+The .pte and .tflite tables hold each PT2E activation observer's [scale, zero point]; the .onnx table holds each
+tensor onnxruntime calibrates (the Linears' inputs and outputs) as its float range [lowest, highest]
+(exporters/onnx.py).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ SUFFIX = ".ranges.json"  # beside a checkpoint: tiny.pt -> tiny.ranges.json
 
 @dataclass
 class ActivationRanges:
-    """Per format, per activation observer of the prepared PT2E graph: [scale, zero_point]."""
+    """Per format: per activation observer of the prepared PT2E graph [scale, zero_point] (pte, tflite), per
+    calibrated tensor [lowest, highest] (onnx)."""
 
     checkpoint_sha256: str
     source: str  # what they were measured on (the calibration set's description)
@@ -54,7 +59,7 @@ class ActivationRanges:
                 f"the activation ranges were measured with per-frame level normalisation {self.frame_level_dbfs} "
                 f"dBFS, this export uses {frame_level_dbfs}; re-measure them with --calibration DATA_ROOT"
             )
-        missing = [f for f in formats if f != "onnx" and f not in self.formats]
+        missing = [f for f in formats if f not in self.formats]
         if missing:
             raise EdgePseError(
                 f"the activation ranges hold no table for {', '.join(missing)}; re-measure them with --calibration"
