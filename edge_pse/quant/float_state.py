@@ -22,6 +22,13 @@
   dBFS), keeping that one multiply float took the drop from 0.44 to 0.28 dB in noise, 0.24 to 0.14 with talker
   and noise, 0.21 to 0.13 with the talker; no group of Linears kept float moved any row by more than 0.02 dB.
   The product is quantized again where the decoder's Linears read it.
+- Every add and every PReLU's relu, in every format. LiteRT's quantizer leaves them float by itself and ONNX
+  quantizes only the Linears; XNNPACK's quantizer made them int8, and that is what the .pte lost beyond the
+  .tflite. PT2E simulation of the XNNPACK scheme on 20 held-out noise mixtures (`benchmarks/int8_levels.py
+  --seed 7`'s): the small's drop 0.44 dB with them int8, 0.30 with the adds float, 0.24 with the relus too (its
+  .tflite: 0.24); the tiny 0.40 -> 0.37. The .pte files on that set: small 0.45 -> 0.25, tiny 0.40 -> 0.36; on
+  20 mixtures per condition looked at only afterwards (`--seed 11`): small 0.23-0.24, tiny 0.31-0.33, as their
+  .tflite (0.24, 0.31-0.34).
 All are a few elementwise ops per hop; every Linear (all of the MACs) stays int8.
 
 The step carries its state as one packed tensor (config.StepIO): that tensor, the slices taken from it and the
@@ -40,6 +47,7 @@ _ATEN_OPS = {"aten.mul.Tensor", "aten.add.Tensor", "aten.tanh.default", "aten.me
 _ATEN_OPS |= {"aten.clamp.default", "aten.reciprocal.default", "aten.slice.Tensor", "aten.cat.default"}
 _DIRECT_OPS = {"aten.mul.Tensor", "aten.add.Tensor"}
 MASK_WEIGHT = "mask.weight"  # E3NetStep.mask: its sigmoid scales the encoder's features
+_FLOAT_OPS = {"aten.add.Tensor", "aten.relu.default"}  # float wherever they are (as LiteRT's quantizer has them)
 _ONNX_OPS = {"Mul", "Add", "Tanh", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Clip", "Min", "Pow", "Slice", "Concat"}
 _ANNOTATION = "quantization_annotation"
 
@@ -87,6 +95,9 @@ def strip_float_path_annotations(
                 stripped[a] = a.meta.pop(_ANNOTATION, None)
     for node in _mask_products(model):
         stripped[node] = node.meta.pop(_ANNOTATION, None)
+    for node in model.graph.nodes:
+        if node.op == "call_function" and str(node.target) in _FLOAT_OPS and _ANNOTATION in node.meta:
+            stripped[node] = node.meta.pop(_ANNOTATION)
     _unshare_from(model, stripped)
 
 
