@@ -126,6 +126,73 @@ def test_the_mask_multiplies_the_encoder_features_unquantized() -> None:
         assert any(is_observer(u) for u in product.users)
 
 
+def test_the_pte_decoder_scales_its_input_per_hop() -> None:
+    """XNNPACK's scheme: the decoder's Linears read the masked features through a dynamic (per-call) observer and
+    give float; without the flag (LiteRT's quantizer, whose converter takes one mode per model) they keep a
+    calibrated static scale, and the .tflite's decoder is rewritten after conversion (next test)."""
+    from edge_pse.exporters import pte, tflite
+    from edge_pse.quant.float_state import DYNAMIC_WEIGHTS
+    from edge_pse.quant.ptq import prepare_observers
+
+    torch.manual_seed(0)
+    step = E3NetStep(E3Net(get_preset("tiny")).eval(), projected=True).eval()
+
+    def observer(prepared, node):
+        return getattr(prepared, node.target) if node.op == "call_module" else None
+
+    def source(node):  # through the weight's observer
+        return node.args[0] if node.op == "call_module" else node
+
+    def decoder_io(quantizer, dynamic):
+        prepared = prepare_observers(step, with_float_paths(quantizer, step, dynamic_decoder=dynamic))
+        linears = [
+            n
+            for n in prepared.graph.nodes
+            if n.op == "call_function"
+            and "linear" in str(n.target)
+            and str(source(n.args[1]).target) in DYNAMIC_WEIGHTS
+        ]
+        assert len(linears) == len(DYNAMIC_WEIGHTS)
+        return [
+            (type(observer(prepared, n.args[0])).__name__, [type(observer(prepared, u)).__name__ for u in n.users])
+            for n in linears
+        ]
+
+    for ins, outs in decoder_io(pte.quantizer(), True):
+        assert ins == "PlaceholderObserver" and "HistogramObserver" not in outs
+    for ins, outs in decoder_io(tflite.quantizer(), False):
+        assert ins == "HistogramObserver" and outs == ["HistogramObserver"]
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_the_shipped_decoders_quantize_their_input_per_hop(name: str) -> None:
+    """The shipped .onnx: the decoder's MatMuls are MatMulInteger on DynamicQuantizeLinear's per-call scale (float
+    out), every other Linear a static QLinear op. The shipped .tflite: the decoder's FULLY_CONNECTEDs take float
+    in (asymmetric per-call quantization) and give float, with int8 weights; the other 24 are int8 in and out."""
+    onnx = pytest.importorskip("onnx")
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+    bundle = REPO / "edge_pse" / "bundles" / f"{name}-int8"
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    decoder = [n for n in graph.node if n.name.startswith(("/dec_head/", "/dec_tail/"))]
+    integer = [n for n in decoder if n.op_type == "MatMulInteger"]
+    assert len(integer) == 2, [n.op_type for n in decoder]
+    assert all(producers[n.input[0]].op_type == "DynamicQuantizeLinear" for n in integer)
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 2
+    assert any(n.op_type in ("QLinearMatMul", "QGemm") for n in graph.node)
+
+    it = interpreter.Interpreter(model_path=str(bundle / "model.tflite"))
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    fcs = [o for o in it._get_ops_details() if o["op_name"] == "FULLY_CONNECTED"]
+    dynamic = [o for o in fcs if tensors[o["inputs"][0]]["dtype"].__name__ == "float32"]
+    assert len(dynamic) == 2 and len(fcs) > 2
+    for o in dynamic:  # the decoder's halves: [hop, n_filters] weights
+        weight, out = tensors[o["inputs"][1]], tensors[o["outputs"][0]]
+        assert weight["dtype"].__name__ == "int8" and out["dtype"].__name__ == "float32"
+        assert tuple(weight["shape"]) == (160, tensors[o["inputs"][0]]["shape"][-1])
+    assert all(tensors[o["inputs"][0]]["dtype"].__name__ == "int8" for o in fcs if o not in dynamic)
+
+
 @pytest.mark.slow
 def test_int8_with_a_float_cell_state_tracks_the_float_step(distilled, clips) -> None:
     """Measured on the distilled tiny: 10.3 dB SNR vs float with an int8 cell state, 23.4 dB with a float one

@@ -5,7 +5,9 @@ its defaults), measured in the quantize stage or pinned from stored ranges (quan
 [lowest, highest]), then handed to quantize_static as its calibration cache. Measured on the personalized
 small (benchmarks/int8_levels.py, 6 held-out mixtures per condition, 2026-12-07): MinMax on real speech left a
 worst drop of 0.31-0.32 dB (noise), percentile on the same clips 0.18; percentile on the committed synthetic
-clips 0.34 (tiny 0.38), so the real-speech ranges are stored and pinned as for the PT2E formats.
+clips 0.34 (tiny 0.38), so the real-speech ranges are stored and pinned as for the PT2E formats. The decoder's
+two MatMuls are then quantized dynamically (DynamicQuantizeLinear + MatMulInteger: the input's scale from each
+hop's own range, float out; quant/float_state.py says why).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from edge_pse.bundle import MODES
 from edge_pse.errors import EdgePseError
 from edge_pse.exporters.common import Exported, Quantized, float_file_io
 from edge_pse.quant.calibration import Clip
-from edge_pse.quant.float_state import onnx_float_nodes
+from edge_pse.quant.float_state import onnx_dynamic_nodes, onnx_float_nodes
 from edge_pse.quant.ptq import example_inputs, streaming_inputs
 
 FILENAME = "model.onnx"
@@ -115,18 +117,26 @@ def lower(q: Quantized, out_dir: Path) -> Exported:
     if quantization == "fp32":
         export_float(step, example, path)
     else:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
         from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
         float_path = out_dir / "float.onnx.tmp"
+        static_path = out_dir / "static.onnx.tmp"
         cache = out_dir / "ranges.json.tmp"
         export_float(step, example, float_path)
         table = {n: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for n, (lo, hi) in q.ranges.items()}
         save_tensors_data(TensorsData(CalibrationMethod.Percentile, table), cache)
         try:
+            dynamic = onnx_dynamic_nodes(float_path)
             quantize_static(
                 str(float_path),
-                str(path),
+                str(static_path),
                 None,
                 quant_format=QuantFormat.QOperator,
                 per_channel=True,
@@ -136,9 +146,19 @@ def lower(q: Quantized, out_dir: Path) -> Exported:
                 calibrate_method=CalibrationMethod.Percentile,
                 calibration_cache_path=str(cache),
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-                nodes_to_exclude=onnx_float_nodes(float_path, step),
+                nodes_to_exclude=onnx_float_nodes(float_path, step) + dynamic,
+            )
+            # the decoder: input quantized per hop at run time, float out (quant/float_state.py)
+            quantize_dynamic(
+                str(static_path),
+                str(path),
+                op_types_to_quantize=OP_TYPES,
+                nodes_to_quantize=dynamic,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
             )
         finally:
             float_path.unlink(missing_ok=True)
+            static_path.unlink(missing_ok=True)
             cache.unlink(missing_ok=True)
     return Exported(path, "onnx", quantization, float_file_io(step), {})

@@ -128,8 +128,8 @@ def qat_run(step: E3NetStep, opts: ExportOptions, calib: CalibrationSet):
 
     return quantize_qat(
         step,
-        with_float_paths(pte.quantizer(qat=True), step),
-        with_float_paths(pte.quantizer(), step),
+        with_float_paths(pte.quantizer(qat=True), step, dynamic_decoder=True),
+        with_float_paths(pte.quantizer(), step, dynamic_decoder=True),
         calib.calibration,
         opts.qat_steps,
         opts.qat_batch,

@@ -50,7 +50,8 @@ def quantize(step, mode: str, clips: list, max_hops: int | None, qat=None, pinne
         converted, tuned = qat
         return Quantized(converted, tuned, MODES[mode])
     measured: dict = {}
-    graph = quantize_ptq(step, with_float_paths(quantizer(), step), clips, max_hops, True, pinned, measured)
+    quant = with_float_paths(quantizer(), step, dynamic_decoder=True)
+    graph = quantize_ptq(step, quant, clips, max_hops, True, pinned, measured)
     return Quantized(graph, step, MODES[mode], ranges=measured)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_pse.bundle import MODES, FileIO, TensorIO
+from edge_pse.errors import EdgePseError
 from edge_pse.exporters.common import Exported, Quantized
 
 FILENAME = "model.tflite"
@@ -89,6 +90,58 @@ def lower(q: Quantized, out_dir: Path) -> Exported:
     model = litert_torch.convert(q.module, example_inputs(q.step), quant_config=cfg)
     path = out_dir / FILENAME
     model.export(str(path))
+    if q.quantizer is not None:
+        dynamic_decoder(path)
     ops = ops_summary(path)
     outside = {k: v for k, v in ops.items() if k in ("DEQUANTIZE", "QUANTIZE")} if q.quantizer is not None else {}
     return Exported(path, "tflite", q.quantization, read_file_io(path, q.step), outside)
+
+
+def dynamic_decoder(path: Path) -> None:
+    """Make the decoder's FULLY_CONNECTEDs dynamic-range ops in place: float in (quantized per hop at run time,
+    asymmetric), int8 per-channel weights, float out; their QUANTIZE and DEQUANTIZE go.
+
+    quant/float_state.py says why (the .pte and .onnx get the same from their quantizers). litert-torch 0.10
+    converts a model in one mode, static or dynamic, and its dynamic mode fails on PT2E's dynamic scales, so
+    the static file's decoder is rewritten here, with the flatbuffer schema LiteRT ships.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    from edge_pse.quant.float_state import DYNAMIC_WEIGHTS
+
+    model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    graph = model.subgraphs[0]
+    code = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    kind = [code[model.operatorCodes[o.opcodeIndex].builtinCode] for o in graph.operators]
+    producer = {o.outputs[0]: k for k, o in enumerate(graph.operators)}
+    readers: dict[int, list[int]] = {}
+    for k, o in enumerate(graph.operators):
+        for t in o.inputs:
+            readers.setdefault(int(t), []).append(k)
+    modules = tuple(f"Linear_{w.removesuffix('.weight')};" for w in DYNAMIC_WEIGHTS)
+    fcs = [
+        k
+        for k, o in enumerate(graph.operators)
+        if kind[k] == "FULLY_CONNECTED" and graph.tensors[o.outputs[0]].name.decode().endswith(modules)
+    ]
+    if len(fcs) != len(DYNAMIC_WEIGHTS):
+        raise EdgePseError(f"tflite: found {len(fcs)} decoder FULLY_CONNECTED ops, expected {len(DYNAMIC_WEIGHTS)}")
+    drop = set()
+    for k in fcs:
+        op = graph.operators[k]
+        quantize = producer[op.inputs[0]]
+        (dequantize,) = readers[op.outputs[0]]
+        if kind[quantize] != "QUANTIZE" or kind[dequantize] != "DEQUANTIZE":
+            raise EdgePseError("tflite: the decoder's FULLY_CONNECTED is not between QUANTIZE and DEQUANTIZE")
+        op.inputs, op.outputs = op.inputs.copy(), op.outputs.copy()  # read-only views of the buffer
+        op.inputs[0] = graph.operators[quantize].inputs[0]
+        op.outputs[0] = graph.operators[dequantize].outputs[0]
+        op.builtinOptions.asymmetricQuantizeInputs = True
+        drop.add(dequantize)
+        if set(readers[graph.operators[quantize].outputs[0]]) <= set(fcs):
+            drop.add(quantize)
+    graph.operators = [o for k, o in enumerate(graph.operators) if k not in drop]
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())

@@ -29,6 +29,18 @@
   .tflite: 0.24); the tiny 0.40 -> 0.37. The .pte files on that set: small 0.45 -> 0.25, tiny 0.40 -> 0.36; on
   20 mixtures per condition looked at only afterwards (`--seed 11`): small 0.23-0.24, tiny 0.31-0.33, as their
   .tflite (0.24, 0.31-0.34).
+- The decoder's output, and with it the scale of the decoder's input: its Linears take the input quantized per
+  hop at run time (dynamic int8, the scale from that hop's own range: XNNPACK's qd8 path, LiteRT's
+  dynamic-range FULLY_CONNECTED, ONNX Runtime's DynamicQuantizeLinear) and give float. The masked features
+  are a few large values, which carry the speech, among many small ones; one static scale either leaves the
+  small ones few steps or clips the peaks, and the decoder's output is the waveform, so the error is heard
+  directly. PT2E simulation on the tiny (20 held-out noise mixtures of `int8_levels.py --seed 7`, one at a
+  time as a runtime runs them): drop vs float 0.36 dB with the decoder static, 0.21 with it dynamic;
+  clipping its static range to half costs 1.3 dB instead, and a per-hop gain in front of a static decoder
+  leaves 0.31-0.34. Weights stay int8 per channel, so the files do not grow. PT2E's .pte takes it from the
+  quantizer (`make_decoder_dynamic`); litert-torch 0.10 converts a model in one mode only (static or dynamic,
+  and its dynamic mode fails on PT2E's dynamic scales), so the .tflite's decoder is rewritten after
+  conversion (exporters/tflite.py); ONNX Runtime quantizes it with quantize_dynamic (exporters/onnx.py).
 All are a few elementwise ops per hop; every Linear (all of the MACs) stays int8.
 
 The step carries its state as one packed tensor (config.StepIO): that tensor, the slices taken from it and the
@@ -47,6 +59,7 @@ _ATEN_OPS = {"aten.mul.Tensor", "aten.add.Tensor", "aten.tanh.default", "aten.me
 _ATEN_OPS |= {"aten.clamp.default", "aten.reciprocal.default", "aten.slice.Tensor", "aten.cat.default"}
 _DIRECT_OPS = {"aten.mul.Tensor", "aten.add.Tensor"}
 MASK_WEIGHT = "mask.weight"  # E3NetStep.mask: its sigmoid scales the encoder's features
+DYNAMIC_WEIGHTS = ("dec_head.weight", "dec_tail.weight")  # E3NetStep's decoder: input scaled per hop
 _FLOAT_OPS = {"aten.add.Tensor", "aten.relu.default"}  # float wherever they are (as LiteRT's quantizer has them)
 _ONNX_OPS = {"Mul", "Add", "Tanh", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Clip", "Min", "Pow", "Slice", "Concat"}
 _ANNOTATION = "quantization_annotation"
@@ -141,19 +154,57 @@ def _unshare_from(model, stripped: dict) -> None:
         ann.output_qspec = own(ann.output_qspec)
 
 
-def with_float_paths(quantizer, step):
+def with_float_paths(quantizer, step, dynamic_decoder: bool = False):
     """The same quantizer object (litert-torch checks its type and config), annotating as before and then
-    leaving the float paths of `step` float."""
+    leaving the float paths of `step` float; with `dynamic_decoder`, the decoder's input scaled per hop."""
     inputs, names, direct = float_inputs(step), list(step.io.input_names), direct_float_inputs(step)
     annotate = quantizer.annotate
+    qat = bool(getattr(quantizer.global_config, "is_qat", False))
 
     def annotate_keeping_float_paths(model):
         model = annotate(model)
         strip_float_path_annotations(model, inputs, names, direct)
+        if dynamic_decoder:
+            make_decoder_dynamic(model, qat)
         return model
 
     quantizer.annotate = annotate_keeping_float_paths
     return quantizer
+
+
+def _linear_weight(node) -> str | None:
+    """The weight's name of a PT2E linear node (None for any other node)."""
+    if node.op != "call_function" or "linear" not in str(node.target):
+        return None
+    return str(getattr(node.args[1], "target", ""))
+
+
+def make_decoder_dynamic(model, qat: bool) -> None:
+    """The decoder's Linears: input quantized per hop at run time, output float (module docstring)."""
+    import torch
+    from torchao.quantization.pt2e import FakeQuantize, MovingAverageMinMaxObserver, PlaceholderObserver
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    # the spec XNNPACK's own is_dynamic config uses; QAT fakes it with each batch's own range
+    ctr = (
+        FakeQuantize.with_args(observer=MovingAverageMinMaxObserver.with_args(averaging_constant=1), eps=2**-12)
+        if qat
+        else PlaceholderObserver.with_args(eps=2**-12)
+    )
+    spec = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+        is_dynamic=True,
+        observer_or_fake_quant_ctr=ctr,
+    )
+    for node in model.graph.nodes:
+        ann = node.meta.get(_ANNOTATION)
+        if ann is None or _linear_weight(node) not in DYNAMIC_WEIGHTS:
+            continue
+        ann.input_qspec_map = {k: (spec if k is node.args[0] else v) for k, v in ann.input_qspec_map.items()}
+        ann.output_qspec = None
 
 
 def onnx_float_nodes(path, step) -> list[str]:
@@ -169,3 +220,11 @@ def onnx_float_nodes(path, step) -> list[str]:
             marked.update(node.output)
             names.append(node.name)
     return names
+
+
+def onnx_dynamic_nodes(path) -> list[str]:
+    """Names of the ONNX nodes of the decoder's Linears (torch.onnx names them /<module>/<op>)."""
+    import onnx
+
+    prefixes = tuple(f"/{w.removesuffix('.weight')}/" for w in DYNAMIC_WEIGHTS)
+    return [n.name for n in onnx.load(str(path)).graph.node if n.name.startswith(prefixes)]

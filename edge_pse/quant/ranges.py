@@ -73,13 +73,14 @@ def beside(checkpoint: str | Path) -> Path:
 
 
 def _activation_observers(prepared: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Per-tensor activation observers (weights are per-channel and are observed from the weights themselves)."""
+    """Per-tensor static activation observers (weights are per-channel and are observed from the weights
+    themselves; a dynamically quantized input is scaled at run time, and a fixed one needs no range)."""
     return {
         name: mod
         for name, mod in prepared.named_modules()
         if name.startswith("activation_post_process")
         and getattr(mod, "qscheme", None) == torch.per_tensor_affine
-        and type(mod).__name__ != "FixedQParamsObserver"
+        and type(mod).__name__ not in ("FixedQParamsObserver", "PlaceholderObserver")
     }
 
 
