@@ -108,31 +108,31 @@ def dynamic_decoder(path: Path) -> None:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
-    from edge_pse.quant.float_state import DYNAMIC_WEIGHTS
+    from edge_pse.quant.float_state import DYNAMIC_MODULES
 
     model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
     graph = model.subgraphs[0]
     code = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
     kind = [code[model.operatorCodes[o.opcodeIndex].builtinCode] for o in graph.operators]
-    producer = {o.outputs[0]: k for k, o in enumerate(graph.operators)}
+    producer = {int(o.outputs[0]): k for k, o in enumerate(graph.operators)}
     readers: dict[int, list[int]] = {}
     for k, o in enumerate(graph.operators):
         for t in o.inputs:
             readers.setdefault(int(t), []).append(k)
-    modules = tuple(f"Linear_{w.removesuffix('.weight')};" for w in DYNAMIC_WEIGHTS)
+    modules = tuple(f"Linear_{m};" for m in DYNAMIC_MODULES)
     fcs = [
         k
         for k, o in enumerate(graph.operators)
         if kind[k] == "FULLY_CONNECTED" and graph.tensors[o.outputs[0]].name.decode().endswith(modules)
     ]
-    if len(fcs) != len(DYNAMIC_WEIGHTS):
-        raise EdgePseError(f"tflite: found {len(fcs)} decoder FULLY_CONNECTED ops, expected {len(DYNAMIC_WEIGHTS)}")
+    if len(fcs) != len(DYNAMIC_MODULES):
+        raise EdgePseError(f"tflite: found {len(fcs)} decoder FULLY_CONNECTED ops, expected {len(DYNAMIC_MODULES)}")
     drop = set()
     for k in fcs:
         op = graph.operators[k]
-        quantize = producer[op.inputs[0]]
-        (dequantize,) = readers[op.outputs[0]]
-        if kind[quantize] != "QUANTIZE" or kind[dequantize] != "DEQUANTIZE":
+        quantize, after = producer.get(int(op.inputs[0])), readers.get(int(op.outputs[0]), [])
+        dequantize = after[0] if len(after) == 1 else None
+        if quantize is None or dequantize is None or (kind[quantize], kind[dequantize]) != ("QUANTIZE", "DEQUANTIZE"):
             raise EdgePseError("tflite: the decoder's FULLY_CONNECTED is not between QUANTIZE and DEQUANTIZE")
         op.inputs, op.outputs = op.inputs.copy(), op.outputs.copy()  # read-only views of the buffer
         op.inputs[0] = graph.operators[quantize].inputs[0]

@@ -59,7 +59,8 @@ _ATEN_OPS = {"aten.mul.Tensor", "aten.add.Tensor", "aten.tanh.default", "aten.me
 _ATEN_OPS |= {"aten.clamp.default", "aten.reciprocal.default", "aten.slice.Tensor", "aten.cat.default"}
 _DIRECT_OPS = {"aten.mul.Tensor", "aten.add.Tensor"}
 MASK_WEIGHT = "mask.weight"  # E3NetStep.mask: its sigmoid scales the encoder's features
-DYNAMIC_WEIGHTS = ("dec_head.weight", "dec_tail.weight")  # E3NetStep's decoder: input scaled per hop
+DYNAMIC_MODULES = ("dec_head", "dec_tail")  # E3NetStep's decoder: input scaled per hop
+DYNAMIC_WEIGHTS = tuple(f"{m}.weight" for m in DYNAMIC_MODULES)
 _FLOAT_OPS = {"aten.add.Tensor", "aten.relu.default"}  # float wherever they are (as LiteRT's quantizer has them)
 _ONNX_OPS = {"Mul", "Add", "Tanh", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Clip", "Min", "Pow", "Slice", "Concat"}
 _ANNOTATION = "quantization_annotation"
@@ -118,11 +119,8 @@ def _mask_products(model) -> list:
     """The multiplies that take sigmoid(Linear with the mask's weight): the features times the mask."""
 
     def is_mask(node) -> bool:
-        if node.op != "call_function" or str(node.target) != "aten.sigmoid.default":
-            return False
-        lin = node.all_input_nodes[0]
-        weight = lin.args[1] if lin.op == "call_function" and "linear" in str(lin.target) else None
-        return weight is not None and str(getattr(weight, "target", "")) == MASK_WEIGHT
+        sigmoid = node.op == "call_function" and str(node.target) == "aten.sigmoid.default"
+        return sigmoid and _linear_weight(node.all_input_nodes[0]) == MASK_WEIGHT
 
     return [
         n
@@ -226,5 +224,5 @@ def onnx_dynamic_nodes(path) -> list[str]:
     """Names of the ONNX nodes of the decoder's Linears (torch.onnx names them /<module>/<op>)."""
     import onnx
 
-    prefixes = tuple(f"/{w.removesuffix('.weight')}/" for w in DYNAMIC_WEIGHTS)
+    prefixes = tuple(f"/{m}/" for m in DYNAMIC_MODULES)
     return [n.name for n in onnx.load(str(path)).graph.node if n.name.startswith(prefixes)]
