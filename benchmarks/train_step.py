@@ -25,13 +25,19 @@ def main() -> None:
     ap.add_argument("--recipe", default="pse")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per shape, after one warm-up step")
+    ap.add_argument(
+        "--shapes",
+        default=",".join(f"{b}x{s:g}" for b, s in SHAPES),
+        help="batch shapes to time, BATCHxSECONDS separated by commas (default: %(default)s)",
+    )
     ap.add_argument("--at", type=float, default=0.0, help="where in the run the batches come from (0-1: its stage)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.preset}, recipe {args.recipe}, {args.threads} thread(s), {args.steps} steps per shape")
     print("| batch | data / step | forward + backward + optimizer | examples/s | audio s/s |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as out:
-        for batch, seconds in SHAPES:
+        shapes = [(int(b), float(s)) for b, s in (shape.split("x") for shape in args.shapes.split(","))]
+        for batch, seconds in shapes:
             cfg = TrainConfig(args.preset, args.data, out, steps=100_000, batch=batch, seconds=seconds,
                               recipe=args.recipe, threads=args.threads)  # fmt: skip
             tr = Trainer(cfg)

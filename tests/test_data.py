@@ -192,3 +192,70 @@ def test_calibration_clips_use_the_data_packages_conditions_and_the_runtimes_int
     save_npz(tmp_path / "c.npz", [Clip(x, np.ones(256, np.float32), x, "noise", False)])
     back = load_npz(tmp_path / "c.npz")[0]
     assert np.abs(back.mixture - x).max() <= 0.5 * 2.0**-15 + 1e-9
+
+
+@pytest.fixture(scope="module")
+def short_utterance_root(tmp_path_factory):
+    """Speakers with four 1.5 s utterances each (like speechocean762's short read sentences): none of them holds
+    a 3 s enrollment clip alone."""
+    import soundfile as sf
+
+    from tests.conftest import _voice
+
+    root = tmp_path_factory.mktemp("short")
+    rng = np.random.default_rng(5)
+    for k in range(30):
+        d = root / "speech" / "read" / f"r{k:02d}"
+        d.mkdir(parents=True)
+        f0 = rng.uniform(90, 250)
+        for u in range(4):
+            sf.write(d / f"r{k:02d}-{u}.flac", _voice(rng, 1.5, f0), 16_000)
+    return root
+
+
+def test_several_short_utterances_are_joined_into_an_enrollment_of_other_recordings(short_utterance_root) -> None:
+    cfg = MixtureConfig(seconds=1.0, enroll_seconds=3.0, enroll_crops=1)
+    ds = MixtureDataset(short_utterance_root, "train", seed=0, cfg=cfg, cache_dir=short_utterance_root / "cache")
+    assert len(ds.targets) == len(ds.sources.speakers)  # every speaker enrolls, though no utterance is 3 s long
+    assert all(len(opts) == 2 for opts in ds._options)  # 2 x enroll_crops clips per speaker, not per utterance
+    for i in range(30):
+        ex = ds[i] if i % 2 else ds.pair(i)[0]
+        spk = next(s for s in ds.sources.speakers if s.id == ex.meta["speaker"])
+        joined, start = ex.meta["enroll"]
+        assert isinstance(joined, list) and len(joined) == 2 and start == 0
+        expected = np.concatenate([spk.utterances[u] for u in joined])[: len(ex.enroll)]
+        assert len(ex.enroll) == 48_000 and np.array_equal(ex.enroll, expected)
+        assert ex.meta["target"][0] not in joined  # the target is another recording than the enrollment
+
+
+def test_turns_make_the_target_start_late_or_pause_while_the_talker_goes_on(train_ds) -> None:
+    from dataclasses import replace
+
+    from edge_pse.eval.metrics import target_onsets
+
+    ds = MixtureDataset(
+        "",
+        "train",
+        seed=8,
+        cfg=replace(train_ds.cfg, turns_prob=1.0),
+        sources=train_ds.sources,
+        conditions=("interferer",),
+    )
+    late_or_paused = 0
+    for i in range(12):
+        ex = ds[i]
+        assert ex.meta["talk"].startswith("turns-")
+        # the gate: the reference over the source segment it was cut from, where that segment has voice
+        spk = next(s for s in ds.sources.speakers if s.id == ex.meta["speaker"])
+        u, start = ex.meta["target"]
+        seg = spk.utterances[u][start : start + len(ex.target)]
+        voiced = np.abs(seg) > 0.05 * np.abs(seg).max()
+        gate = ex.target[: len(seg)][voiced] / seg[voiced]
+        gate /= gate.max()
+        muted = np.mean(gate < 1e-3)
+        assert 0.0 < muted <= 0.8  # some of the voice is silenced, most of a quarter of the clip at least talks
+        silent = np.zeros(len(ex.target), bool)
+        silent[: len(seg)] = np.abs(ex.target[: len(seg)]) < 1e-9
+        assert np.abs(ex.mixture[silent]).max() > 0  # the other talker goes on through the target's pauses
+        late_or_paused += any(t > 0 for t in target_onsets(ex.target))
+    assert late_or_paused >= 6  # onsets inside the clip, not only at its first frame

@@ -201,3 +201,17 @@ def test_same_speaker_is_closer_than_different_speakers() -> None:
     diff = [float(halves[i][0] @ halves[j][1]) for i in range(6) for j in range(6) if i != j]
     assert np.mean(same) > np.mean(diff) + 0.1, (same, diff)
     assert min(same) > np.median(diff)
+
+
+def test_batched_d_vectors_equal_one_clip_at_a_time() -> None:
+    """embed_many (a data root's thousands of enrollment clips, partials batched across clips) gives embed()'s
+    vectors: clips of different lengths, so that their partial counts differ and a misassigned partial shows."""
+    from edge_pse.enroll.dvector import embed, embed_many
+
+    clips = [speech_like(s, seed=k, f0=f0) for k, (s, f0) in enumerate(((2.0, 110.0), (5.5, 210.0), (3.2, 150.0)))]
+    clips += [c for c in (real_speech(0, 4.0), real_speech(1, 7.0)) if c is not None]
+    one = np.stack([embed(c) for c in clips])
+    many = embed_many(clips, clips_per_call=2)  # chunks that split the list unevenly
+    assert many.shape == one.shape
+    assert np.min(np.sum(one * many, axis=1)) > 0.9999
+    assert np.max(np.abs(one - many)) < 1e-3

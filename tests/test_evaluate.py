@@ -74,6 +74,9 @@ def test_swap_gap_level_sweeps_and_long_streams_score_what_they_claim(synthetic_
         r = out[name]
         assert abs(r["swap_si_sdri"]) < 1e-6 and r["gap"] == r["si_sdri"] > 30
         assert abs(r["target_gain_db"] - 20 * np.log10(0.5)) < 0.01
+        # the half-level target from its first sample: half of it passed after every onset
+        assert abs(r["onset_200ms"] - 0.5) < 1e-6 and abs(r["onset_500ms"] - 0.5) < 1e-6 and r["onsets"] >= 2
+    assert out["long-stream"]["onsets"] >= 4 * 2  # every turn of every stream (>= 4 turns each, 2 streams)
     assert out["long-stream"]["pause_level_db"] < -80  # digital silence vs the other talker and noise
 
 
@@ -93,3 +96,27 @@ def test_evaluate_scores_the_shipped_int8_bundle_in_its_runtime(synthetic_root, 
         assert int8[c]["si_sdri"] != float_[c]["si_sdri"] and abs(int8[c]["si_sdri"] - float_[c]["si_sdri"]) < 2.0
     res = edge_pse("evaluate", "--bundle", str(tmp_path), *common)
     assert res.returncode == 2 and "manifest.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_corpus_row_scores_only_that_corpus_speakers(synthetic_root, tmp_path) -> None:
+    """--corpus: targets and talkers from one speech/CORPUS folder (LibriSpeech's test speakers as their own row
+    in a root with several corpora); an unknown corpus is refused with the ones the root has."""
+    import shutil
+
+    from edge_pse.eval.evaluate import EvalSet
+
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    shutil.copytree(synthetic_root / "speech" / "synth", root / "speech" / "other")
+    both = EvalSet.build(str(root), per_condition=3, seconds=2.0)
+    one = EvalSet.build(str(root), per_condition=3, seconds=2.0, corpora=("other",))
+    speakers = {ex.meta["speaker"] for exs in both.examples.values() for ex in exs}
+    assert {s.split("/")[0] for s in speakers} == {"synth", "other"}
+    for exs in one.examples.values():
+        for ex in exs:
+            assert ex.meta["speaker"].startswith("other/")
+            assert ex.meta.get("interferer", "other/").startswith("other/")
+    save_checkpoint(tmp_path / "t.pt", E3Net(get_preset("tiny")), "tiny")
+    res = edge_pse("evaluate", "--checkpoint", str(tmp_path / "t.pt"), "--data", str(root), "--corpus", "nope", "--json")
+    assert res.returncode == 2 and "no corpus nope" in res.stderr and "other, synth" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -133,3 +133,39 @@ def test_asr_transcribes_real_speech_and_not_noise(engine: str) -> None:
     hyp_noise = transcribe(noise(wave.size, level=0.3), engine=engine)
     assert len(metrics.normalize_text(hyp_noise)) < len(metrics.normalize_text(text)) / 2
     assert elapsed < 60
+
+
+def test_onsets_are_found_after_pauses_and_at_the_start_of_the_stream() -> None:
+    """Bursts at 0.0, 1.0, 1.45 and 2.5 s: onsets at 0 (the stream starts), 1.0 and 2.5 s (after 0.4 and 0.5 s
+    of silence), not at 1.45 s (0.25 s after the burst before it: a pause within a turn)."""
+    from edge_pse.eval.metrics import target_onsets
+
+    rng = np.random.default_rng(0)
+    ref = np.zeros(48_000)
+    for a, b in ((0.0, 0.6), (1.0, 1.2), (1.45, 2.0), (2.5, 2.9)):
+        ref[int(a * 16_000) : int(b * 16_000)] = 0.1 * rng.standard_normal(int(b * 16_000) - int(a * 16_000))
+    assert target_onsets(ref) == [0, 16_000, 40_000]
+    assert target_onsets(np.zeros(16_000)) == []
+
+
+def test_onset_share_counts_what_the_output_passes_after_each_onset() -> None:
+    """White-noise bursts (energy spread evenly in time): an output that mutes the first 150 ms after each onset
+    and passes the rest passes 0 of the first 100 ms, (200 - 150) / 200 of the first 200 ms and 350 / 500 of
+    the first 500 ms; a half-level copy passes 0.5 everywhere."""
+    from edge_pse.eval.metrics import onset_shares, target_onsets
+
+    rng = np.random.default_rng(1)
+    ref = np.zeros(64_000)
+    for a in (0.5, 2.0):
+        ref[int(a * 16_000) : int((a + 1.0) * 16_000)] = 0.1 * rng.standard_normal(16_000)
+    onsets = target_onsets(ref)
+    assert onsets == [8_000, 32_000]
+    muted = ref.copy()
+    for t in onsets:
+        muted[t : t + 2_400] = 0.0
+    shares = onset_shares(muted, ref)
+    assert len(shares[100]) == len(shares[200]) == len(shares[500]) == 2
+    assert max(abs(v) for v in shares[100]) < 1e-9
+    assert all(abs(v - 0.25) < 0.03 for v in shares[200])
+    assert all(abs(v - 0.7) < 0.03 for v in shares[500])
+    assert all(abs(v - 0.5) < 1e-9 for w in (100, 200, 500) for v in onset_shares(0.5 * ref, ref)[w])

@@ -12,9 +12,11 @@ from edge_pse.bench.cell import Streamer
 # summary columns: mean over the conditions that have a target ("absent" has only its own level)
 # gap: SI-SDRi with the right profile minus with another speaker's (0 = the model ignores the speaker);
 # target_gain_db: the target's level at the output vs its own (0 = kept; not ranked: both signs are wrong)
-SUMMARY = ("si_sdri", "gap", "target_gain_db", "pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos")
+# onset_200ms: the median share of the target passed in the 200 ms after each onset (1 = kept, 0 = muted)
+SUMMARY = ("si_sdri", "gap", "target_gain_db", "onset_200ms", "pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos")
 HIGHER_IS_BETTER = {"si_sdri": True, "pesq": True, "stoi": True, "pdnsmos_ovrl": True, "wer": False, "tsos": False}
 HIGHER_IS_BETTER["gap"] = True
+HIGHER_IS_BETTER["onset_200ms"] = True
 HIGHER_IS_BETTER["absent_level_db"] = False  # dB of output vs mixture when the target is silent: lower suppresses more
 
 

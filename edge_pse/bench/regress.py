@@ -23,6 +23,7 @@ DEFAULT_TOLERANCES: dict = {
     "quality": {
         "si_sdri": 0.5,
         "gap": 0.5,
+        "onset_200ms": 0.1,
         "pesq": 0.10,
         "stoi": 0.02,
         "pdnsmos_ovrl": 0.10,

@@ -19,7 +19,18 @@ SCHEMA = "edge-pse-bench-report"
 SCHEMA_VERSION = 1
 _REQUIRED = ("schema", "schema_version", "created", "machine", "settings", "cells")
 _CELL_REQUIRED = ("key", "model", "backend", "quantization", "threads")
-QUALITY_COLS = ("si_sdri", "gap", "target_gain_db", "pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos", "absent_level_db")
+QUALITY_COLS = (
+    "si_sdri",
+    "gap",
+    "target_gain_db",
+    "onset_200ms",
+    "pesq",
+    "stoi",
+    "pdnsmos_ovrl",
+    "wer",
+    "tsos",
+    "absent_level_db",
+)
 
 
 def stamp(report: dict) -> dict:
@@ -69,7 +80,19 @@ def cell_table(rep: dict) -> tuple[list[str], list[list[str]]]:
     head = ["cell", "hop ms", "KiB", "load ms", "p50 us", "p90 us", "p99 us", "max us", "RTF", "CPU %", "RSS MiB"]
     has_q = any("quality" in c for c in rep["cells"])
     if has_q:
-        head += ["SI-SDRi", "vs ref", "gap", "level dB", "PESQ", "STOI", "pDNSMOS", "WER", "TSOS", "absent dB"]
+        head += [
+            "SI-SDRi",
+            "vs ref",
+            "gap",
+            "level dB",
+            "onset 200ms",
+            "PESQ",
+            "STOI",
+            "pDNSMOS",
+            "WER",
+            "TSOS",
+            "absent dB",
+        ]
     rows = []
     for c in rep["cells"]:
         if "error" in c:
@@ -92,6 +115,7 @@ def cell_table(rep: dict) -> tuple[list[str], list[list[str]]]:
         if has_q:
             q, d = c.get("quality", {}), c.get("quality_vs_reference", {})
             row += [_fmt(q.get("si_sdri")), _fmt(d.get("si_sdri")), _fmt(q.get("gap")), _fmt(q.get("target_gain_db"))]
+            row.append(_fmt(q.get("onset_200ms")))
             row += [_fmt(q.get(k)) for k in ("pesq", "stoi", "pdnsmos_ovrl", "wer", "tsos", "absent_level_db")]
         rows.append(row)
     return head, rows

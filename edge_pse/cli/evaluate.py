@@ -29,6 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="held-out split (default: test); train scores the speakers, noises and rooms the model trained on, "
         "which tells an underfit model (train as low as test) from one that needs more data (train far above)",
     )
+    p.add_argument(
+        "--corpus",
+        nargs="+",
+        help="targets and talkers from these speech/CORPUS folders only (e.g. librispeech-train: the LibriSpeech "
+        "test speakers as their own row); noise files and rooms are the split's",
+    )
     p.add_argument("--per-condition", type=int, default=20, help="utterances per condition")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--no-asr", action="store_true", help="skip WER (Whisper transcripts are the slow part)")
@@ -56,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     enhance, what, preset = _enhancer(args)
     evalset = EvalSet.build(
-        args.data, split=args.split, per_condition=args.per_condition, seconds=args.seconds, sweeps=args.sweeps
+        args.data,
+        split=args.split,
+        per_condition=args.per_condition,
+        seconds=args.seconds,
+        sweeps=args.sweeps,
+        corpora=tuple(args.corpus) if args.corpus else None,
     )
     result = score(
         enhance,
@@ -72,12 +83,16 @@ def run(args: argparse.Namespace) -> int:
         "backend": args.backend if args.bundle else "torch",
         "preset": preset,
         "split": args.split,
+        "corpora": args.corpus,
         "per_condition": args.per_condition,
         "seconds": args.seconds,
         "sweeps": args.sweeps,
         "swap": "swap_si_sdri: the same input with another speaker's profile (the interferer's where there is one); "
         "gap = si_sdri - swap_si_sdri",
         "wer_reference": "Whisper tiny.en transcript of the clean target (pseudo-label)",
+        "onset": "onset_Nms: median share of the target passed in the N ms after each onset (least-squares scale "
+        "of the target in the output there; 1 = kept, 0 = muted); snr15_below_-3db: clips at SNR >= 15 dB "
+        "that lost more than 3 dB SI-SDR",
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -86,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     cols = ["count", "si_sdri", "swap_si_sdri", "gap", "target_gain_db", "si_sdr", "pesq", "stoi", "pdnsmos_ovrl"]
-    cols += ["wer", "wer_in", "tsos", "tsos_share", "absent_level_db", "pause_level_db"]
+    cols += ["wer", "wer_in", "tsos", "tsos_share", "onset_200ms", "absent_level_db", "pause_level_db"]
     seen = " (trained on: how well it fits, not a held-out figure)" if args.split == "train" else ""
     table = Table(title=f"{what} ({preset}) on the {args.split} split{seen}")
     table.add_column("condition")

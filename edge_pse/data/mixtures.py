@@ -49,6 +49,9 @@ class MixtureConfig:
     pair_noise_prob: float = 0.0
     pair_reverb_prob: float = 0.0
     partial_absence_prob: float = 0.0
+    # the target talks in turns inside the clip (a late start and/or 1-2 pauses of 0.25-0.8 s) while the other
+    # voices go on: onsets and re-entries become a normal part of training, not only the clip's first frame
+    turns_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(CONDITIONS) or min(self.weights) < 0 or sum(self.weights) <= 0:
@@ -99,6 +102,36 @@ def speed_perturbed(sources: Sources, factors: tuple[float, ...]) -> tuple[Sourc
     return Sources(speakers, sources.noises, sources.rirs), base
 
 
+TURN_RAMP = 160  # 10 ms fades at the edges of a turn (a hard cut inside a word would be a click)
+
+
+def _turns(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """x talking in turns: half the time a late start (after 10-50 % of the clip), then one or two pauses of
+    0.25-0.8 s; at least a quarter of the clip keeps talking."""
+    n = len(x)
+    gate = np.ones(n, np.float32)
+    lead = int(rng.uniform(0.1, 0.5) * n) if rng.random() < 0.5 else 0
+    gate[:lead] = 0.0
+    for _ in range(int(rng.integers(1, 3))):
+        length = int(rng.uniform(0.25, 0.8) * SAMPLE_RATE)
+        start = int(rng.integers(lead, max(lead + 1, n - length)))
+        trial = gate.copy()
+        trial[start : start + length] = 0.0
+        if trial.mean() >= 0.25:
+            gate = trial
+    ramp = np.hanning(2 * TURN_RAMP + 1)[: TURN_RAMP + 1]
+    gate = np.convolve(gate, ramp / ramp.sum(), mode="same").astype(np.float32)
+    edges = int(np.count_nonzero(np.diff((gate > 0.5).astype(np.int8)) == 1)) + int(gate[0] > 0.5)
+    return x * gate, f"turns-{edges}"
+
+
+def _enroll_meta(option: tuple[tuple[int, ...], int]) -> list:
+    """An enrollment clip in an example's metadata: [utterance, start] of one utterance, or [[u1, u2, ...], start]
+    of joined ones."""
+    utts, start = option
+    return [utts[0] if len(utts) == 1 else list(utts), start]
+
+
 def _partial_absence(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """Silence the first or last 25-75 % of x: the target stops or starts talking inside the clip."""
     k = int(len(x) * rng.uniform(0.25, 0.75))
@@ -124,10 +157,11 @@ class MixtureDataset:
         max_speakers: int | None = None,
         cache_dir: str | Path | None = None,
         sources: Sources | None = None,
+        corpora: tuple[str, ...] | None = None,
     ) -> None:
         self.cfg = cfg or MixtureConfig()
         self.split, self.seed, self.length = split, seed, length
-        self.sources = sources or load_sources(root, split, max_speakers)
+        self.sources = sources or load_sources(root, split, max_speakers, corpora)
         self.base = list(range(len(self.sources.speakers)))  # each speaker's original (pseudo-speakers)
         if self.cfg.pseudo_speakers:
             self.sources, self.base = speed_perturbed(self.sources, self.cfg.pseudo_speakers)
@@ -149,25 +183,45 @@ class MixtureDataset:
         return self.length
 
     # enrollment: per speaker, a few fixed clips whose d-vectors are computed once and cached
-    def _enroll_options(self) -> list[list[tuple[int, int]]]:
-        """Per speaker: (utterance index, start sample) of each enrollment clip: the head and tail of each
-        utterance (shifted by 0.5 s per extra crop), so that what is left of it serves as target speech."""
+    def _enroll_options(self) -> list[list[tuple[tuple[int, ...], int]]]:
+        """Per speaker: (utterance indices, start sample) of each enrollment clip.
+
+        A speaker with one utterance enrolls from its head and tail (shifted by 0.5 s per extra crop), so that
+        what is left of it serves as target speech. A speaker with several utterances enrolls, like a real user,
+        from other recordings than the target's: a few of its utterances joined until they fill the clip
+        (2 x enroll_crops clips from evenly spaced first utterances, always leaving one utterance out for the
+        target). Short read sentences (speechocean762's median is 3.7 s) then enroll too, and the number of
+        d-vectors grows with speakers, not with utterances.
+        """
         options = []
         shift = SAMPLE_RATE // 2
         for spk in self.sources.speakers:
-            opts = []
-            for u, utt in enumerate(spk.utterances):
+            n_utts = len(spk.utterances)
+            opts: list[tuple[tuple[int, ...], int]] = []
+            if n_utts == 1:
+                utt = spk.utterances[0]
                 for c in range(self.cfg.enroll_crops):
-                    # with one utterance, it must hold an enrollment clip and at least half a target segment
-                    need = self.n_enroll + c * shift + (self.n // 2 if len(spk.utterances) == 1 else 0)
-                    if len(utt) >= need:
-                        opts += [(u, c * shift), (u, len(utt) - self.n_enroll - c * shift)]
+                    # the utterance must hold an enrollment clip and at least half a target segment
+                    if len(utt) >= self.n_enroll + c * shift + self.n // 2:
+                        opts += [((0,), c * shift), ((0,), len(utt) - self.n_enroll - c * shift)]
+            else:
+                count = min(2 * self.cfg.enroll_crops, n_utts)
+                for k in range(count):
+                    first, joined, total = k * n_utts // count, [], 0
+                    while total < self.n_enroll and len(joined) < n_utts - 1:
+                        u = (first + len(joined)) % n_utts
+                        joined.append(u)
+                        total += len(spk.utterances[u])
+                    if total >= self.n_enroll:
+                        opts.append((tuple(joined), 0))
             options.append(opts)
         return options
 
     def _enroll_clip(self, s: int, o: int) -> np.ndarray:
-        u, start = self._options[s][o]
-        return self.sources.speakers[s].utterances[u][start : start + self.n_enroll]
+        utts, start = self._options[s][o]
+        spk = self.sources.speakers[s]
+        audio = spk.utterances[utts[0]] if len(utts) == 1 else np.concatenate([spk.utterances[u] for u in utts])
+        return audio[start : start + self.n_enroll]
 
     def _enroll_embeddings(self, cache_dir: str | Path | None) -> list[np.ndarray]:
         from edge_pse.enroll.dvector import EMBED_RECIPE
@@ -182,17 +236,10 @@ class MixtureDataset:
             with np.load(cache) as z:
                 flat = z["embeddings"]
         else:
-            from rich.progress import track
+            from edge_pse.enroll.dvector import embed_many
 
-            from edge_pse.enroll.dvector import embed
-
-            pairs = [(s, o) for s in range(len(self._options)) for o in range(len(self._options[s]))]
-            flat = np.stack(
-                [
-                    embed(self._enroll_clip(s, o))
-                    for s, o in track(pairs, description=f"d-vectors ({self.split})", transient=True)
-                ]
-            )
+            clips = [self._enroll_clip(s, o) for s in range(len(self._options)) for o in range(len(self._options[s]))]
+            flat = embed_many(clips, progress=f"d-vectors ({self.split}, {len(clips)} clips)")
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # DDP ranks may compute it at the same time
             np.savez(tmp, embeddings=flat)
@@ -206,8 +253,9 @@ class MixtureDataset:
     def _target_segment(self, s: int, o: int, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
         """Target speech of speaker s that does not overlap enrollment clip o: (segment, utterance, start)."""
         spk = self.sources.speakers[s]
-        u_enr, start_enr = self._options[s][o]
-        others = [u for u in range(len(spk.utterances)) if u != u_enr]
+        utts_enr, start_enr = self._options[s][o]
+        u_enr = utts_enr[0]
+        others = [u for u in range(len(spk.utterances)) if u not in utts_enr]
         if others:
             u = others[int(rng.integers(len(others)))]
             lo, hi = 0, len(spk.utterances[u])
@@ -260,12 +308,14 @@ class MixtureDataset:
         meta: dict = {
             "speaker": self.sources.speakers[s].id,
             "target": [utt, start],
-            "enroll": list(self._options[s][o]),
+            "enroll": _enroll_meta(self._options[s][o]),
         }
         target = target.astype(np.float32)
         target *= 10 ** (rng.uniform(*cfg.level_dbfs) / 20) / rms(target)
         if condition != "absent" and cfg.partial_absence_prob and rng.random() < cfg.partial_absence_prob:
             target, meta["absence"] = _partial_absence(target, rng)  # levels stay set by the whole clip
+        elif condition != "absent" and cfg.turns_prob and rng.random() < cfg.turns_prob:
+            target, meta["talk"] = _turns(target, rng)
         ref = target
 
         reverberant = condition == "reverberant"
@@ -383,9 +433,15 @@ class MixtureDataset:
             o = int(rng.integers(len(self._options[s])))
             seg, utt, start = self._target_segment(s, o, rng)
             seg = seg.astype(np.float32) * (10 ** (gain_db / 20) / rms(seg))
-            meta = {"speaker": self.sources.speakers[s].id, "target": [utt, start], "enroll": list(self._options[s][o])}
+            meta = {
+                "speaker": self.sources.speakers[s].id,
+                "target": [utt, start],
+                "enroll": _enroll_meta(self._options[s][o]),
+            }
             if cfg.partial_absence_prob and rng.random() < cfg.partial_absence_prob:
                 seg, meta["absence"] = _partial_absence(seg, rng)
+            elif cfg.turns_prob and rng.random() < cfg.turns_prob:
+                seg, meta["talk"] = _turns(seg, rng)
             ref = seg
             if room is not None:  # one room, one impulse response per talker position
                 rir = room[0] if s == a else self._rir(rng)[0]
@@ -425,8 +481,8 @@ class RecordingDataset(MixtureDataset):
 
     DIR holds one folder per speaker (DIR/SPK/.../*.flac|wav): each recording is the target speaker, with
     whatever noise and other voices the room had. An example is a crop of one recording as the mixture and
-    an enrollment clip cut from the head or tail of another (or the other end of the same) recording of that
-    speaker, exactly as MixtureDataset cuts them. There is no target: `target` is zeros, the loss uses the
+    an enrollment clip made exactly as MixtureDataset makes it (other recordings of that speaker joined, or the
+    other end of a speaker's only recording). There is no target: `target` is zeros, the loss uses the
     teacher's output only (kd_weight 1) and ASR pseudo-labels come from that output.
     """
 
@@ -442,7 +498,11 @@ class RecordingDataset(MixtureDataset):
         mixture, utt, start = self._target_segment(s, o, rng)
         mixture = mixture * (10 ** (rng.uniform(*self.cfg.level_dbfs) / 20) / rms(mixture))
         mixture *= min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
-        meta = {"speaker": self.sources.speakers[s].id, "recording": [utt, start], "enroll": list(self._options[s][o])}
+        meta = {
+            "speaker": self.sources.speakers[s].id,
+            "recording": [utt, start],
+            "enroll": _enroll_meta(self._options[s][o]),
+        }
         return Example(
             mixture.astype(np.float32),
             np.zeros_like(mixture, dtype=np.float32),

@@ -67,8 +67,11 @@ class Sources:
     rirs: list[np.ndarray]
 
 
-def scan(root: str | Path, split: str) -> tuple[dict[str, list[Path]], list[Path], list[Path]]:
-    """Files of one split: {speaker: [utterance paths]}, noise paths, rir paths."""
+def scan(
+    root: str | Path, split: str, corpora: tuple[str, ...] | None = None
+) -> tuple[dict[str, list[Path]], list[Path], list[Path]]:
+    """Files of one split: {speaker: [utterance paths]}, noise paths, rir paths. `corpora` keeps the speakers of
+    those speech/CORPUS folders only (e.g. a held-out row per corpus); noise and rooms are not filtered."""
     if split not in SPLITS:
         raise EdgePseError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     root = Path(root)
@@ -76,7 +79,14 @@ def scan(root: str | Path, split: str) -> tuple[dict[str, list[Path]], list[Path
     if not speech_dir.is_dir():
         raise EdgePseError(f"{root} has no speech/ folder (expected speech/CORPUS/SPK/.../UTT.flac)")
     speakers: dict[str, list[Path]] = {}
-    for corpus in sorted(p for p in speech_dir.iterdir() if p.is_dir()):
+    available = sorted(p for p in speech_dir.iterdir() if p.is_dir())
+    if corpora:
+        missing = sorted(set(corpora) - {p.name for p in available})
+        if missing:
+            names = ", ".join(p.name for p in available)
+            raise EdgePseError(f"{speech_dir} has no corpus {', '.join(missing)} (it has: {names})")
+        available = [p for p in available if p.name in corpora]
+    for corpus in available:
         for spk_dir in sorted(p for p in corpus.iterdir() if p.is_dir()):
             spk_id = f"{corpus.name}/{spk_dir.name}"
             if split_of(spk_id) == split:
@@ -98,8 +108,10 @@ def scan(root: str | Path, split: str) -> tuple[dict[str, list[Path]], list[Path
     return speakers, noises, rirs
 
 
-def load_sources(root: str | Path, split: str, max_speakers: int | None = None) -> Sources:
-    speaker_files, noise_files, rir_files = scan(root, split)
+def load_sources(
+    root: str | Path, split: str, max_speakers: int | None = None, corpora: tuple[str, ...] | None = None
+) -> Sources:
+    speaker_files, noise_files, rir_files = scan(root, split, corpora)
     ids = sorted(speaker_files)[:max_speakers]
     speakers = [Speaker(i, [load_audio(p) for p in speaker_files[i]]) for i in ids]
     noises = [load_audio(p) for p in noise_files]

@@ -22,6 +22,8 @@ EVAL_SEED = 20_221_118
 SIR_SWEEP_DB = (-5.0, 0.0, 5.0)  # the interferer at a fixed SIR: at 0 dB loudness says nothing about the target
 LEVEL_SWEEP_DBFS = (-50.0, -30.0, -10.0)  # target + talker + noise at a fixed target level
 LONG_STREAM_S = 60.0
+NEAR_CLEAN_SNR_DB = 15.0  # a mixture this clean must not come out worse by MUTED_SI_SDRI_DB (issue 30)
+MUTED_SI_SDRI_DB = -3.0
 MAX_REF_WORDS_PER_S = 6.0  # fast read speech is ~3-4 words/s; more in a reference transcript is a hallucination
 
 
@@ -44,11 +46,13 @@ class EvalSet:
         seed: int = EVAL_SEED,
         conditions: tuple[str, ...] = CONDITIONS,
         sweeps: bool = False,
+        corpora: tuple[str, ...] | None = None,
     ) -> EvalSet:
         """`per_condition` examples of each condition; with `sweeps`, also the interferer at each SIR of
-        SIR_SWEEP_DB, target + talker + noise at each level of LEVEL_SWEEP_DBFS, and 60 s long streams."""
+        SIR_SWEEP_DB, target + talker + noise at each level of LEVEL_SWEEP_DBFS, and 60 s long streams.
+        `corpora` draws targets and talkers from those speech corpora only (a per-corpus held-out row)."""
         cfg = MixtureConfig(seconds=seconds)
-        base = MixtureDataset(root, split, seed=seed, cfg=cfg, length=per_condition)
+        base = MixtureDataset(root, split, seed=seed, cfg=cfg, length=per_condition, corpora=corpora)
 
         def examples(condition: str, seed_: int, cfg_: MixtureConfig) -> list:
             ds = MixtureDataset(
@@ -108,6 +112,8 @@ def score(
     rows: dict[str, dict[str, list]] = {c: {} for c in evalset.examples}
     errors = {c: {"wer": [0, 0], "wer_in": [0, 0]} for c in evalset.examples}  # (word errors, reference words)
     wer_clips = dict.fromkeys(evalset.examples, 0)  # clips with a usable reference transcript
+    onsets: dict[str, dict[int, list[float]]] = {c: {w: [] for w in m.ONSET_WINDOWS_MS} for c in evalset.examples}
+    near_clean = {c: [0, 0] for c in evalset.examples}  # clips at SNR >= 15 dB, and those below -3 dB SI-SDRi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", m.MetricWarning)
         for k, (c, ex) in enumerate(
@@ -131,6 +137,11 @@ def score(
                 r.setdefault("swap_si_sdri", []).append(swapped)
                 r.setdefault("gap", []).append(r["si_sdri"][-1] - swapped)
             r.setdefault("target_gain_db", []).append(m.target_gain_db(out, ex.target))
+            for w, shares in m.onset_shares(out, ex.target).items():
+                onsets[c][w] += shares
+            if ex.meta.get("snr_db", -math.inf) >= NEAR_CLEAN_SNR_DB:
+                near_clean[c][0] += 1
+                near_clean[c][1] += int(r["si_sdri"][-1] < MUTED_SI_SDRI_DB)
             t = m.tsos(out, ex.target)
             r.setdefault("tsos", []).append(float(t.over_suppressed))
             r.setdefault("tsos_share", []).append(t.share)  # graded: the rate saturates at 1 for weak models
@@ -162,7 +173,25 @@ def score(
                 result[c][key] = round(n_err / n_words, 4)
         if asr and c not in ("absent", "long-stream"):
             result[c]["wer_clips"] = wer_clips[c]
+        result[c] |= _onset_summary(onsets[c])
+        if near_clean[c][0]:
+            result[c]["snr15_clips"], result[c]["snr15_below_-3db"] = near_clean[c]
     return result
+
+
+def _onset_summary(shares: dict[int, list[float]]) -> dict:
+    """Median share of the target passed in each window after an onset (pooled over every onset of the
+    condition), the onset count, and the 200 ms distribution's deciles and quartiles."""
+    out: dict = {}
+    for w, vals in shares.items():
+        if vals:
+            out[f"onset_{w}ms"] = round(float(np.median(vals)), 4)
+    vals = shares.get(200, [])
+    if vals:
+        out["onsets"] = len(vals)
+        for q in (10, 25, 75, 90):
+            out[f"onset_200ms_p{q}"] = round(float(np.percentile(vals, q)), 4)
+    return out
 
 
 def _pauses(turns: list[list[int]], length: int) -> list[tuple[int, int]]:

@@ -195,6 +195,48 @@ def tsos(
     return Tsos(over_suppressed=share > share_threshold, share=share, active_frames=n_active)
 
 
+ONSET_WINDOWS_MS = (100, 200, 500)  # how soon after an onset the target is measured
+ONSET_PAUSE_MS = 300  # an onset follows at least this much target silence (or the start of the stream)
+
+
+def target_onsets(ref: np.ndarray, pause_ms: int = ONSET_PAUSE_MS) -> list[int]:
+    """Sample positions where the target starts talking: a target-active 20 ms frame (TSOS's definition) after
+    at least `pause_ms` of inactive frames. The start of the clip counts as silence before it, because a
+    streaming model starts with no history: a voice already talking at sample 0 is an onset to it."""
+    ref = np.asarray(ref, dtype=np.float64).reshape(-1)
+    ref_db = _frame_power_db(ref, TSOS_FRAME)
+    if ref_db.size == 0:
+        return []
+    active = (ref_db >= ref_db.max() - TSOS_ACTIVE_RANGE_DB) & (ref_db > TSOS_ACTIVE_FLOOR_DB)
+    pause = max(1, round(pause_ms * SAMPLE_RATE / 1000 / TSOS_FRAME))
+    since = pause  # inactive frames before the current one
+    onsets = []
+    for i, a in enumerate(active):
+        if a and since >= pause:
+            onsets.append(i * TSOS_FRAME)
+        since = 0 if a else since + 1
+    return onsets
+
+
+def onset_shares(
+    est: np.ndarray, ref: np.ndarray, windows_ms: tuple[int, ...] = ONSET_WINDOWS_MS
+) -> dict[int, list[float]]:
+    """Per window length: for each target onset, the share of the target the output passes in that window after
+    it: the least-squares scale of the target in the output there (1 = passed at its level, 0 = muted).
+    A window that runs past the end of the clip is left out. A causal PSE model has to decide whose voice
+    starts; one that waits to be sure mutes the first words of every turn (docs/metrics.md)."""
+    est, ref = _pair(est, ref)
+    out: dict[int, list[float]] = {w: [] for w in windows_ms}
+    for t in target_onsets(ref):
+        for w in windows_ms:
+            n = w * SAMPLE_RATE // 1000
+            if t + n > ref.size:
+                continue
+            r, e = ref[t : t + n], est[t : t + n]
+            out[w].append(float(np.dot(e, r) / max(float(np.dot(r, r)), _EPS)))
+    return out
+
+
 def level_db(x: np.ndarray) -> float:
     """Mean power in dBFS (a full-scale sine is -3 dB)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)

@@ -125,6 +125,23 @@ RECIPES["pse-keep"] = replace(
     over_suppression=3.0,
 )
 
+# the fine-tune for a larger data root (campaign stage H, issue 30): pse-keep's mix, and the target talks in
+# turns in half of the rows (a late start, pauses, re-entries while the other voices go on) so that the model
+# learns to pass the enrolled voice from its first words, not only once it has heard a while of it
+RECIPES["pse-data"] = replace(
+    RECIPES["pse-keep"],
+    name="pse-data",
+    doc="fine-tune for a larger data root: pse-keep's mix with the target talking in turns (late start, 1-2 "
+    "pauses) in half of the rows; use with clips of 3 s or more",
+    stages=(
+        replace(
+            RECIPES["pse-keep"].stages[0],
+            name="full-turns",
+            mixture={**RECIPES["pse-keep"].stages[0].mixture, "turns_prob": 0.5},
+        ),
+    ),
+)
+
 
 def get_recipe(name: str) -> Recipe:
     try:

@@ -110,8 +110,8 @@ def card(
             f"{meta.get('wer_reference')}.",
             "",
             "| condition | n | SI-SDR in | SI-SDR out | SI-SDRi | gap (other profile) | target level dB | "
-            "PESQ in/out | STOI in/out | pDNSMOS OVRL | WER in/out | TSOS | absent out/in dB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "onset 200 ms | PESQ in/out | STOI in/out | pDNSMOS OVRL | WER in/out | TSOS | absent out/in dB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for cond, r in evaluation.items():
             if cond == "meta":
@@ -119,7 +119,7 @@ def card(
             lines.append(
                 f"| {cond} | {r.get('count')} | {_fmt(r.get('si_sdr_in'))} | {_fmt(r.get('si_sdr'))} | "
                 f"{_fmt(r.get('si_sdri'))} | {_fmt(r.get('gap'))} | {_fmt(r.get('target_gain_db'))} | "
-                f"{_fmt(r.get('pesq_in'))}/{_fmt(r.get('pesq'))} | "
+                f"{_fmt(r.get('onset_200ms'))} | {_fmt(r.get('pesq_in'))}/{_fmt(r.get('pesq'))} | "
                 f"{_fmt(r.get('stoi_in'))}/{_fmt(r.get('stoi'))} | {_fmt(r.get('pdnsmos_ovrl'))} | "
                 f"{_fmt(r.get('wer_in'))}/{_fmt(r.get('wer'))} | {_fmt(r.get('tsos'))} | "
                 f"{_fmt(r.get('absent_level_db'))} |"

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from edge_pse.atomic import hold_lock, lock_holder
 from edge_pse.data.mixtures import Example, MixtureConfig, MixtureDataset
 from edge_pse.errors import EdgePseError
+from edge_pse.eval.metrics import onset_shares
 from edge_pse.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
 from edge_pse.model.config import CONDITIONINGS, E3NetConfig, get_preset
 from edge_pse.model.e3net import E3Net
@@ -394,7 +395,7 @@ class Trainer:
         a target; `right` and `swap` over two-talker pairs (SIR -5..+5 dB) with the target's embedding and
         with the other talker's, and their `gap` (0 for a model that ignores the speaker); `target_gain`, the
         target's level at the output vs its own (dB); `score`, the mean over every right-speaker row, picks
-        best.pt."""
+        best.pt; `onset_200ms`, the median share of the target the right-speaker rows pass in their first 200 ms."""
         self.model.eval()
         mix_gains, levels = [], []
         for i in range(0, len(self.val_ds), 16):
@@ -405,7 +406,7 @@ class Trainer:
                 est = self.model.enhance(mix[keep], emb[keep])
                 mix_gains.append(si_snr(est, ref[keep]) - si_snr(mix[keep], ref[keep]))
                 levels.append(target_gain_db(est, ref[keep]))
-        right, swap = [], []
+        right, swap, onsets = [], [], []
         n_pairs = min(self.cfg.val_pairs, len(self.val_ds))
         for i in range(0, n_pairs, 8):
             exs = [e for j in range(i, min(i + 8, n_pairs)) for e in self.val_ds.pair(j)]
@@ -416,12 +417,17 @@ class Trainer:
             right.append(si_snr(est, ref) - base)
             levels.append(target_gain_db(est, ref)[ref.pow(2).mean(-1) > 1e-10])
             swap.append(si_snr(self.model.enhance(mix, swapped), ref) - base)
+            for e, r in zip(est.cpu().numpy(), ref.cpu().numpy(), strict=True):
+                if np.any(r):
+                    onsets += onset_shares(e, r, (200,))[200]
         gains = torch.cat(mix_gains + right)
         out = {"mix": float(torch.cat(mix_gains).mean()), "score": float(gains.mean())}
         out["target_gain"] = float(torch.cat(levels).mean())  # dB of the target's level kept at the output
         if right:
             r, w = float(torch.cat(right).mean()), float(torch.cat(swap).mean())
             out |= {"right": r, "swap": w, "gap": r - w}
+        if onsets:  # the share of the target passed in its first 200 ms (the clip's start: an onset to the model)
+            out["onset_200ms"] = float(np.median(onsets))
         return out
 
     # the loop ---------------------------------------------------------------------------------------------
@@ -463,7 +469,8 @@ class Trainer:
                         "stage": self.recipe.stage_at(self.step - 1, self.cfg.steps).name,
                         "loss": float(np.mean(losses[-self.cfg.val_every :])),
                         "val_si_snri_db": round(val, 3),
-                        **{f"val_{k}_db": round(v, 3) for k, v in scores.items() if k != "score"},
+                        **{f"val_{k}_db": round(v, 3) for k, v in scores.items() if k not in ("score", "onset_200ms")},
+                        **({"val_onset_200ms": round(scores["onset_200ms"], 3)} if "onset_200ms" in scores else {}),
                         "seconds": round(time.time() - t0, 1),
                     }
                     self.history.append(rec)
