@@ -258,6 +258,18 @@ def stream_hops(
     return StreamResult(out, model_ns, device_ns, info, reconnects)
 
 
+class _SourceFailed(Exception):
+    """The hop source raised (a truncated file, a NaN sample): its error, never a dropped link's. Taken for a
+    link error, it would reconnect, find the dead generator empty and end the stream as if the input had."""
+
+
+def _next_hop(hops: Iterator[np.ndarray]) -> np.ndarray | None:
+    try:
+        return next(hops, None)
+    except Exception as e:
+        raise _SourceFailed() from e
+
+
 def stream_iter(
     target: str,
     token: bytes,
@@ -291,7 +303,7 @@ def stream_iter(
                     while sent - got < window:
                         k = sent - got
                         if k >= len(pending):
-                            hop = None if exhausted else next(hops, None)
+                            hop = None if exhausted else _next_hop(hops)
                             if hop is None:
                                 exhausted = True
                                 break
@@ -311,6 +323,8 @@ def stream_iter(
                 link.request("close_stream")
                 session = None
                 return info, reconnects
+            except _SourceFailed as e:  # the input's own error: no reconnect, and nothing read past it is padded
+                raise e.__cause__ from None
             except P.RemoteError as e:
                 raise EdgePseError(f"{target}: {e}") from None
             except (OSError, ConnectionError, P.ProtocolError, EdgePseError) as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -378,3 +379,28 @@ def test_cli_run_target_streams_a_file_through_the_device_like_a_local_run(agent
     assert not agent.sessions  # closed when the run ended, not left to expire
     res = cli("run", "--target", t, "--input", str(out), "--output", str(out))
     assert res.returncode == 2 and "it would be overwritten" in res.stderr
+
+
+def test_an_input_error_of_a_remote_run_is_the_input_error_not_silence(agent, bundles, tmp_path) -> None:
+    """A FLAC cut in half, a float WAV with a NaN at 0.7 s, a header that claims 50 days: the remote run fails as
+    the local one does (the reader's message, no output file), instead of taking the reader's error for a
+    dropped link, reconnecting and padding the rest of the file with zeros (exit 0 before)."""
+    from tests.test_run import bomb_flac
+
+    t = target(agent)
+    client.deploy(t, TOKEN, bundles[0])
+    x, _ = sf.read(demo.path(demo.MIXTURE), dtype="float32")
+    cut = tmp_path / "cut.flac"
+    sf.write(cut, x, 16000, subtype="PCM_16", format="FLAC")
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    nan = tmp_path / "nan.wav"
+    y = x.copy()
+    y[int(0.7 * 16000)] = np.nan
+    sf.write(nan, y, 16000, subtype="FLOAT")
+    bomb = bomb_flac(tmp_path / "bomb.flac")
+    for bad, message in ((cut, "truncated"), (nan, "NaN/Inf samples (first at 0.700 s)"), (bomb, "truncated")):
+        out = tmp_path / "out.wav"
+        with pytest.raises(EdgePseError, match=re.escape(message)):
+            client.remote_run(t, TOKEN, bad, out, demo.path(demo.SPEAKER), backend="onnx")
+        assert not out.exists()
+    assert client.status(t, TOKEN)["sessions"] == 0  # every failed run closed its session on the device

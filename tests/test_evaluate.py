@@ -117,6 +117,7 @@ def test_a_corpus_row_scores_only_that_corpus_speakers(synthetic_root, tmp_path)
             assert ex.meta["speaker"].startswith("other/")
             assert ex.meta.get("interferer", "other/").startswith("other/")
     save_checkpoint(tmp_path / "t.pt", E3Net(get_preset("tiny")), "tiny")
-    res = edge_pse("evaluate", "--checkpoint", str(tmp_path / "t.pt"), "--data", str(root), "--corpus", "nope", "--json")
+    args = ("--checkpoint", str(tmp_path / "t.pt"), "--data", str(root), "--corpus", "nope", "--json")
+    res = edge_pse("evaluate", *args)
     assert res.returncode == 2 and "no corpus nope" in res.stderr and "other, synth" in res.stderr
     assert "Traceback" not in res.stderr

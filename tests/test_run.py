@@ -341,3 +341,41 @@ def test_torch_free_enrollment_out_of_the_box_matches_the_host_profile(tmp_path:
     assert mine.encoder_backend == "numpy" and host.encoder_backend == "torch"
     assert (mine.encoder, mine.encoder_version) == (host.encoder, host.encoder_version)
     assert float(mine.embedding @ host.embedding) >= 0.999
+
+
+def bomb_flac(path: Path) -> Path:
+    """A real 1 s FLAC whose STREAMINFO claims 2^36 - 1 samples (about 50 days at 16 kHz): 13 KB on disk."""
+    x, _ = sf.read(demo.path(demo.MIXTURE), dtype="int16")
+    sf.write(path, x[:16000], 16000, subtype="PCM_16", format="FLAC")
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # the first metadata block is STREAMINFO
+    fields = int.from_bytes(data[18:26], "big")  # rate (20 bits), channels (3), bits (5), total samples (36)
+    data[18:26] = (fields | (2**36 - 1)).to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    assert sf.info(path).frames == 2**36 - 1
+    return path
+
+
+RSS_CODE = (
+    "import resource, sys; sys.modules['torch'] = None; from edge_pse.cli import main; rc = main(sys.argv[1:]); "
+    "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+)
+
+
+def test_a_header_that_claims_50_days_is_refused_in_bounded_memory(
+    bundle_dir: Path,  # noqa: F811
+    speaker: Path,
+    tmp_path: Path,
+) -> None:
+    """Nothing is preallocated from a header's frame count: `run` reads what is there and refuses the file as
+    truncated, `enroll` refuses the declared length before decoding; both stay far below the GBs asked for."""
+    bomb = bomb_flac(tmp_path / "bomb.flac")
+    run = ["run", "--model", bundle_dir, "--speaker", speaker, "--input", bomb, "--output", tmp_path / "o.wav"]
+    enroll = ["enroll", "--audio", bomb, "--output", tmp_path / "me.spk"]
+    for args, message in ((run, "truncated"), (enroll, "an enrollment clip is at most")):
+        res = subprocess.run(
+            [sys.executable, "-c", RSS_CODE, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
+        )
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert int(res.stderr.split("RSS")[-1].split()[0]) / 1024 < 600  # MiB; 13.5 GB before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.flac"]

@@ -11,6 +11,7 @@ from edge_pse.errors import EdgePseError
 
 SAMPLE_RATE = 16_000
 MIN_SPEECH_SECONDS = 1.0
+MAX_SECONDS = 120  # per enrollment clip: memory stays near 0.5 GB (the VAD and the partials hold the whole clip)
 
 
 def read_audio(path: str | Path) -> np.ndarray:
@@ -21,6 +22,17 @@ def read_audio(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise EdgePseError(f"audio file not found: {path}")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as e:
+        raise EdgePseError(f"cannot read {path} as audio (WAV, FLAC or OGG expected): {e}") from e
+    # decoding allocates what the header declares (a 13 KB FLAC can claim 2^36 samples): check the claim first
+    if info.samplerate <= 0 or info.frames > MAX_SECONDS * info.samplerate:
+        declared = info.frames / max(info.samplerate, 1)
+        raise EdgePseError(
+            f"{path} declares {declared:.0f} s of audio; an enrollment clip is at most {MAX_SECONDS} s "
+            "(a profile needs 5-30 s of speech): cut the recording"
+        )
     try:
         wave, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as e:

@@ -109,6 +109,7 @@ class ClipReader:
         self.input_clipped = 0
         self.silent = True
         self.samples = 0  # model-rate samples handed out so far
+        self.finished = False  # blocks() read the whole file and checked it
 
     @property
     def expected_samples(self) -> int:
@@ -146,6 +147,7 @@ class ClipReader:
             raise EdgePseError(f"input file is truncated or corrupt ({_reason(e)}): {path}") from None
         if frames < self.source_frames:
             raise EdgePseError(f"input file is truncated ({frames} of {self.source_frames} frames): {path}")
+        self.finished = True
 
     def _convert(self, data: np.ndarray, offset: int, resampler, last: bool) -> np.ndarray:
         if self.is_float:

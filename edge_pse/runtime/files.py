@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_pse.errors import EdgePseError
 from edge_pse.runtime import audio_io
 from edge_pse.runtime.runner import BlockSink, BlockSource, collector_paused, file_summary, stream
 from edge_pse.runtime.stats import HopStats
+
+STATS_HOPS = 4 * 3600 * 100  # per-hop times kept for the stats: the last 4 h at 10 ms (11.5 MB per array)
 
 
 class Transport(Protocol):
@@ -62,12 +65,15 @@ def enhance_file(
     reader = audio_io.ClipReader(input_path, rate)
     n_hops = -(-reader.expected_samples // hop) + 1  # + the hop that flushes the model's lag
     source = BlockSource(reader.blocks(), hop, flush_hops=1)
-    stats = HopStats(n_hops, int(deadline_ms * 1e6) if deadline_ms else hop * 1_000_000_000 // rate)
+    # the header's frame count is a claim, not audio: the stats hold at most STATS_HOPS (a ring past that)
+    stats = HopStats(min(n_hops, STATS_HOPS), int(deadline_ms * 1e6) if deadline_ms else hop * 1_000_000_000 // rate)
     with audio_io.ClipWriter(output_path, rate, reader.source_rate, reader.source_frames) as writer:
         sink = BlockSink(writer.write, hop, delay=hop)
         with collector_paused():
             t0 = time.perf_counter_ns()
             ran = transport.stream(source, sink, stats, None if progress is None else lambda k: progress(k, n_hops))
+            if not reader.finished:  # a transport that stopped early: never pad what was not read
+                raise EdgePseError(f"the run ended after {source.samples} of the input's samples: {input_path}")
             sink.flush(limit=source.samples)
             wall_ns = time.perf_counter_ns() - t0  # includes reading, resampling and writing the file
         if progress is not None:
