@@ -572,13 +572,16 @@ class _Connection:
         gate = self.agent.gate
         nonce = P.new_nonce()
         P.send(self.conn, P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce}))
-        msg = P.recv_frame(self.conn, deadline)
-        if msg.type != T.AUTH:
-            raise P.ProtocolError(f"expected AUTH, got {msg.type.name}")
-        auth = msg.json()
-        client_nonce = auth.get("nonce")
-        if not isinstance(client_nonce, str) or len(client_nonce) != 2 * P.NONCE_BYTES:
-            raise P.ProtocolError("AUTH needs the client's nonce")
+        try:
+            auth = P.recv_frame(self.conn, deadline, only=T.AUTH).json()
+            client_nonce = auth.get("nonce")
+            if not isinstance(client_nonce, str) or len(client_nonce) != 2 * P.NONCE_BYTES:
+                raise P.ProtocolError("AUTH needs the client's nonce")
+        except P.ProtocolError as e:  # a malformed login is a failed one: counted, and one log line
+            if not isinstance(e, P.VersionMismatch):
+                n = gate.failed_login(self.key)
+                log.warning("failed login from %s: %s (%d in the last %g s)", self.key, e, n, FAILED_LOGIN_WINDOW_S)
+            raise
         wait = gate.blocked_for(self.key)
         if wait > 0:
             self.send_error("auth", f"too many failed logins from {self.key}; try again in {math.ceil(wait)} s")

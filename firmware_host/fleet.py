@@ -28,6 +28,8 @@ def run_all(targets: list[str], fn: Callable[[str], dict]) -> dict[str, dict]:
             return {"ok": True, "result": fn(t)}
         except EdgePseError as e:
             return {"ok": False, "error": str(e)}
+        except Exception as e:  # a device's unexpected failure is its own row, never the whole command's
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(targets))) as pool:
         return dict(zip(targets, pool.map(one, targets), strict=True))

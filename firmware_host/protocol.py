@@ -111,6 +111,8 @@ class Frame:
             obj = json.loads(self.payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ProtocolError(f"{self.type.name} payload is not JSON: {e}") from None
+        except RecursionError:  # 4 KB of "[" nests past the parser's depth limit: a peer's error, not ours
+            raise ProtocolError(f"{self.type.name} payload nests too deep") from None
         if not isinstance(obj, dict):
             raise ProtocolError(f"{self.type.name} payload must be a JSON object")
         return obj
@@ -164,9 +166,13 @@ def parse_header(header: bytes) -> tuple[T, int]:
     return t, length
 
 
-def recv_frame(sock: socket.socket, deadline: float | None = None) -> Frame:
-    """One unauthenticated frame (the login); after it, frames go through a `Channel`."""
+def recv_frame(sock: socket.socket, deadline: float | None = None, only: T | None = None) -> Frame:
+    """One unauthenticated frame (the login); after it, frames go through a `Channel`. With `only`, a frame of
+    another type is refused from its header, before its payload is read (before login, a peer may make the
+    agent hold at most the AUTH cap, not the 4 MiB another type may carry)."""
     t, length = parse_header(_recv_exact(sock, HEADER.size, deadline))
+    if only is not None and t != only:
+        raise ProtocolError(f"expected {only.name}, got {t.name}")
     return Frame(t, _recv_exact(sock, length, deadline) if length else b"")
 
 

@@ -521,3 +521,67 @@ def test_a_full_disk_on_the_device_is_reported_not_a_reset(bundle, tmp_path) -> 
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --- round 2: N3, N10, N11 (malformed logins and fake agents)
+
+
+def test_a_login_nested_past_the_parser_is_a_failed_login_with_one_log_line(agent, caplog) -> None:
+    """N3: an AUTH of 4,090 '[' raised an uncaught RecursionError (27 traceback lines per connection, no ERROR
+    frame, not counted). Now: an ERROR frame, one warning line, and it counts as a failed login."""
+    caplog.set_level(logging.WARNING, logger="edge_pse.agent")
+    port = agent.address[1]
+    for _ in range(2):
+        with connect_from(port, "127.0.0.7") as s:
+            P.expect(P.recv_frame(s), T.HELLO)
+            P.send(s, P.encode(T.AUTH, b"[" * 4090))
+            with pytest.raises(P.RemoteError, match="nests too deep"):
+                P.expect(P.recv_frame(s), T.AUTH_OK)
+    lines = [r for r in caplog.records if "127.0.0.7" in r.getMessage()]
+    assert len(lines) == 2 and all(r.exc_info is None for r in lines), [r.getMessage() for r in lines]
+    assert "failed login from 127.0.0.7" in lines[-1].getMessage() and "(2 in the last" in lines[-1].getMessage()
+    assert "Traceback" not in caplog.text
+
+
+def test_before_login_a_frame_of_another_type_is_refused_from_its_header(agent) -> None:
+    """N11: a 4 MiB REPLY header before login made the agent read (and hold) its payload before looking at its
+    type. Now the header alone gets the refusal: nothing more is sent, and the answer comes at once."""
+    with connect_from(agent.address[1], "127.0.0.8") as s:
+        P.expect(P.recv_frame(s), T.HELLO)
+        s.sendall(P.HEADER.pack(P.MAGIC, P.VERSION, int(T.REPLY), P.MAX_PAYLOAD[T.REPLY]))
+        t0 = time.monotonic()
+        with pytest.raises(P.RemoteError, match="expected AUTH, got REPLY"):
+            P.expect(P.recv_frame(s), T.AUTH_OK)
+        assert time.monotonic() - t0 < 2.0
+
+
+def test_a_fake_agent_with_a_nested_hello_fails_its_own_row_of_a_fleet_deploy(agent, bundle) -> None:
+    """N10: a nested-JSON HELLO (a fake agent, or a man in the middle without the token) crashed the host CLI with
+    a RecursionError, and a two-device deploy lost the real device's report. Each device gets its row."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def fake_agent() -> None:
+        while True:
+            try:
+                c, _ = server.accept()
+            except OSError:
+                return
+            with c:
+                c.sendall(P.encode(T.HELLO, b"[" * 4000))
+                c.recv(4096)
+
+    threading.Thread(target=fake_agent, daemon=True).start()
+    fake = f"127.0.0.1:{server.getsockname()[1]}"
+    try:
+        env = {**os.environ, "EDGE_PSE_TOKEN": TOKEN.decode()}
+        res = subprocess.run(
+            [sys.executable, "-m", "edge_pse", "deploy", str(bundle), "--target", f"{target(agent)},{fake}", "--json"],
+            capture_output=True, text=True, timeout=120, check=False, env=env,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stdout, res.stderr
+    rows = json.loads(res.stdout)
+    assert rows[target(agent)]["ok"] and rows[target(agent)]["result"]["active"]["id"].endswith("tiny-a")
+    assert not rows[fake]["ok"] and "nests too deep" in rows[fake]["error"]
