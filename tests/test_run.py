@@ -145,6 +145,8 @@ def _bad_inputs(tmp: Path, good_wav: Path, bundle: Path, speaker: Path) -> dict[
     spk_wav = tmp / "spk.wav"
     os.link(speaker, spk_wav)  # a profile hard-linked under an audio name: --output would overwrite it
     sf.write(tmp / "one_hz.wav", np.zeros(100_000, np.int16), 1)  # 200 KB whose header says 1 Hz
+    victim = tmp / "victim"
+    shutil.copytree(bundle, victim)
     broken_spk = tmp / "broken.spk"
     broken_spk.write_text(speaker.read_text().replace('"clips": 1', '"clips": 2'))
     return {
@@ -171,6 +173,7 @@ def _bad_inputs(tmp: Path, good_wav: Path, bundle: Path, speaker: Path) -> dict[
         "stats hard-links input": (["--input", tmp / "ok.flac", "--stats", hard], "same file as --input"),
         "output is the speaker": (["--output", tmp / "spk.wav", "--speaker", spk_wav], "same file as --speaker"),
         "1 Hz header": (["--input", tmp / "one_hz.wav"], "8000 to 384000 Hz are accepted"),
+        "stats over the bundle": (["--model", victim, "--stats", victim / "manifest.json"], "same file as --model"),
     }
 
 
@@ -379,3 +382,26 @@ def test_a_header_that_claims_50_days_is_refused_in_bounded_memory(
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
         assert int(res.stderr.split("RSS")[-1].split()[0]) / 1024 < 600  # MiB; 13.5 GB before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.flac"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(bundle_dir: Path, speaker: Path, tmp_path: Path) -> None:  # noqa: F811
+    """D8: the output cannot grow past 40 KB (RLIMIT_FSIZE: the write fails as on a full disk, EFBIG for ENOSPC):
+    exit 2 with one line that names the file, no traceback, nothing left in the folder (libsndfile's bare
+    "System error." and a traceback before)."""
+    code = (
+        "import resource, sys; sys.modules['torch'] = None; "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+        "from edge_pse.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("clean.wav", "clean.flac"):
+        res = subprocess.run(
+            [sys.executable, "-c", code, "run", "--model", str(bundle_dir), "--speaker", str(speaker),
+             "--input", str(demo.path(demo.MIXTURE)), "--output", str(out / name), "--quiet"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert f"cannot write {out / name}" in res.stderr and "is the disk full?" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert list(out.iterdir()) == []

@@ -54,6 +54,15 @@ def _live_device(spec: str, word: str) -> int | str | bool | None:
     return int(dev) if dev.isdigit() else dev
 
 
+def _bundle_files(model: str | Path) -> dict[str, Path]:
+    """Every file of a bundle folder as an input no output may overwrite (`--stats b/manifest.json` left a
+    bundle that no longer loads)."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return {}
+    return {f"model {p.relative_to(folder)}": p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def run(args: argparse.Namespace) -> int:
     from edge_pse import demo
     from edge_pse.errors import EdgePseError
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stats is not None:
         audio_io.check_writable(audio_io.check_parent(args.stats))
     audio_io.check_distinct(
-        {"input": None if live else input_spec, "speaker": args.speaker},
+        {"input": None if live else input_spec, "speaker": args.speaker, **_bundle_files(args.model or DEFAULT_BUNDLE)},
         {"output": None if live else output_spec, "stats": args.stats},
     )
     if args.target:

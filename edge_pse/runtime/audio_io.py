@@ -207,7 +207,8 @@ class ClipWriter:
         self._atomic = atomic.atomic_path(self.path)
         self._tmp = self._atomic.__enter__()
         try:
-            self._file = sf.SoundFile(self._tmp, "w", rate, 1, subtype, format=fmt)
+            with self._write_errors():
+                self._file = sf.SoundFile(self._tmp, "w", rate, 1, subtype, format=fmt)
         except BaseException:
             self.abort()
             raise
@@ -216,17 +217,29 @@ class ClipWriter:
         if self._resampler is not None:
             pcm = float_to_int16(self._resampler.resample_chunk(pcm.astype(np.float32) / 32768.0, last=last))[0]
         pcm = pcm[: self.frames - self.written]
-        self._file.write(pcm)
+        with self._write_errors():
+            self._file.write(pcm)
         self.written += len(pcm)
 
     def commit(self) -> None:
         """Flush the resampler, pad to exactly `frames` frames, close and rename over the target."""
         self.write(np.zeros(0, np.int16), last=True)
-        if self.written < self.frames:
-            self._file.write(np.zeros(self.frames - self.written, np.int16))
-            self.written = self.frames
-        self._file.close()
-        self._atomic.__exit__(None, None, None)
+        with self._write_errors():
+            if self.written < self.frames:
+                self._file.write(np.zeros(self.frames - self.written, np.int16))
+                self.written = self.frames
+            self._file.close()
+            self._atomic.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """libsndfile says only "System error." when the disk is full: one line that says what failed."""
+        import soundfile as sf
+
+        try:
+            yield
+        except (sf.LibsndfileError, OSError) as e:
+            raise EdgePseError(f"cannot write {self.path} ({_reason(e)}): is the disk full?") from None
 
     def abort(self) -> None:
         """Drop the temporary file; the target is left as it was."""
