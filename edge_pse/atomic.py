@@ -8,6 +8,7 @@ checkpoints and reports are meant to be shared. Torch-free: the on-device path u
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -25,15 +26,51 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to `path`; on a clean exit it replaces `path`, on an error it is removed."""
     path = Path(path)
+    remove_stale_parts(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    _lock(fd)  # held while we write: remove_stale_parts() of a later run leaves this part alone
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
+        os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _lock(fd: int) -> bool:
+    """An exclusive lock on an open file, without waiting: False when another process holds it. The OS drops it
+    when its holder dies, however it dies (SIGKILL, power loss), so a part nobody holds is a dead writer's."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): every part counts as held, none is removed
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_parts(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files a killed writer of `path` left beside it (`.NAME.XXXX.part`, which may be tens
+    of MB each and are hidden); parts a live writer holds are kept. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        try:
+            fd = os.open(part, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _lock(fd):
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+                    removed.append(part)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

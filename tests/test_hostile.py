@@ -585,3 +585,72 @@ def test_a_fake_agent_with_a_nested_hello_fails_its_own_row_of_a_fleet_deploy(ag
     rows = json.loads(res.stdout)
     assert rows[target(agent)]["ok"] and rows[target(agent)]["result"]["active"]["id"].endswith("tiny-a")
     assert not rows[fake]["ok"] and "nests too deep" in rows[fake]["error"]
+
+
+# --- round 2: N9 (SIGTERM/SIGHUP and what a killed run leaves)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_terminated_remote_run_closes_its_session_and_leaves_no_file(agent, bundle, tmp_path, sig) -> None:
+    """`edge-pse run --target` stopped by SIGTERM or SIGHUP behaves as on Ctrl-C: the device session is closed at
+    once (it held one of the agent's slots for 60 s), no output or part file is left, exit 128 + signal."""
+    import soundfile as sf
+
+    from edge_pse import demo
+
+    client.deploy(target(agent), TOKEN, bundle)
+    x, _ = sf.read(demo.path(demo.MIXTURE), dtype="int16")
+    long_in = tmp_path / "long.wav"
+    sf.write(long_in, np.tile(x, 600 * 16000 // len(x) + 1), 16000)  # ten minutes: still running when signalled
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "EDGE_PSE_TOKEN": TOKEN.decode()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_pse", "run", "--target", target(agent), "--input", str(long_in),
+         "--output", str(out / "clean.wav"), "--speaker", str(demo.path(demo.SPEAKER)), "--backend", "onnx",
+         "--quiet"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: len(agent.sessions) == 1 and any(out.iterdir()), 30.0), proc.stderr
+        proc.send_signal(sig)
+        assert proc.wait(timeout=15) == 128 + sig, proc.stderr.read()
+        assert f"stopped by {sig.name}" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert wait_for(lambda: not agent.sessions, 3.0), "the terminated run's session is still held"
+    assert list(out.iterdir()) == []
+
+
+def test_a_killed_writers_part_file_is_removed_by_the_next_run_and_a_live_ones_is_kept(tmp_path) -> None:
+    """SIGKILL leaves `.clean.wav.XXXX.part` (tens of MB, hidden); the next write of the same output removes the
+    parts no live process holds, and keeps a part that another running writer still holds."""
+    import fcntl
+
+    from edge_pse import atomic
+
+    target_file = tmp_path / "clean.wav"
+    dead = tmp_path / ".clean.wav.k1ll3d.part"
+    dead.write_bytes(b"\0" * 4096)
+    held = tmp_path / ".clean.wav.l1v3.part"
+    held.write_bytes(b"\0" * 4096)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(60)", str(held)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        other = tmp_path / ".other.wav.k1ll3d.part"  # another output's part is not this run's business
+        other.write_bytes(b"\0")
+        atomic.write_bytes(target_file, b"new")
+        assert target_file.read_bytes() == b"new"
+        assert not dead.exists() and held.exists() and other.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with open(held) as f:  # the holder is gone: nothing holds the part any more
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert atomic.remove_stale_parts(target_file) == [held]

@@ -4,7 +4,9 @@ so that `edge-pse --help` and the on-device commands work without torch."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from edge_pse import __version__
@@ -79,10 +81,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: stop as on Ctrl-C (a device session closed, temporary files removed), not killed where
+    the process stands (8 SIGTERMs of `run --target` left 8 sessions holding the device's slots)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
+def _stop_like_ctrl_c() -> None:
+    """SIGTERM and SIGHUP raise Terminated in the main thread, where nothing else has taken them (training
+    installs its own SIGTERM while it runs: finish the step, save, exit 0)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _terminate)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args._run
+    _stop_like_ctrl_c()
     try:
         return run(args)
     except EdgePseError as e:
@@ -98,7 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"edge-pse {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):
+            print(f"edge-pse {args.command}: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+            return 128 + e.signum
         print(f"edge-pse {args.command}: interrupted", file=sys.stderr)
         return 130
 
