@@ -212,6 +212,8 @@ def _read_projection(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray
     if proj is None:
         return None
     where = f"bundle {path}: {proj['path']}"
+    dim, emb = proj["dim"], manifest["speaker"]["dim"]
+    _check_npz_members(path / proj["path"], {"weight": (dim, emb), "bias": (dim,)}, where)
     try:
         with np.load(path / proj["path"], allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
@@ -219,7 +221,6 @@ def _read_projection(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray
             weight, bias = z["weight"], z["bias"]
     except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise EdgePseError(f"{where}: cannot read the speaker projection ({e})") from None
-    dim, emb = proj["dim"], manifest["speaker"]["dim"]
     ok = weight.dtype == np.float32 and bias.dtype == np.float32
     if not ok or weight.shape != (dim, emb) or bias.shape != (dim,):
         raise EdgePseError(
@@ -229,6 +230,27 @@ def _read_projection(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray
     if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
         raise EdgePseError(f"{where} holds non-finite numbers")
     return weight, bias
+
+
+def _check_npz_members(npz: Path, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Each array's declared shape and dtype (its .npy header) and its uncompressed size, checked against what the
+    manifest says before any array is read: a 1.5 MB archive may declare a 20000 x 20000 array (1.6 GB)."""
+    want = " and ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+    try:
+        with zipfile.ZipFile(npz) as z:
+            for name, shape in shapes.items():
+                info = z.getinfo(f"{name}.npy")
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else None
+                    declared, _, dtype = (header or np.lib.format.read_array_header_2_0)(f)
+                if declared != shape or dtype != np.float32 or info.file_size > 4 * math.prod(shape) + 4096:
+                    raise EdgePseError(
+                        f"{where} must hold float32 {want}, got {dtype} {list(declared)} for {name} "
+                        f"({info.file_size} bytes unpacked)"
+                    )
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise EdgePseError(f"{where}: cannot read the speaker projection ({e})") from None
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,29 @@ def test_a_tampered_or_malformed_speaker_projection_is_refused(copy) -> None:
             np.save(f, w)
 
     replace_with(npy, "cannot read the speaker projection")
+
+    def bomb(p: Path) -> None:
+        """N6: 0.25 MB of deflated zeros that declare an 8192 x 8192 float32 weight (256 MiB once read; the
+        attack measured in issue 31 declared 20000 x 20000: 1.6 GB of RSS for 18 s on the agent)."""
+        import zipfile
+
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+            with z.open("weight.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (8192, 8192)})
+                block = bytes(1 << 24)
+                for _ in range(8192 * 8192 * 4 // len(block)):
+                    f.write(block)
+            z.writestr("bias.npy", b"")
+
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        replace_with(bomb, r"float32 weight \[480, 256\] and bias \[480\], got float32 \[8192, 8192\] for weight")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated while refusing it"  # 256 MiB read before
     _edit(copy, lambda m: m["speaker"]["projection"].update(dim=96), unseal=True)
     with pytest.raises(EdgePseError, match=r"projection\.dim 96 does not fit the config"):
         Bundle.load(copy)
