@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from firmware_host import protocol as P
 from firmware_host.protocol import T
 from firmware_host.store import Store, Upload
 
+MAX_MODELS = 4  # loaded models kept for new streams (per backend, threads and quantization)
 HANDSHAKE_TIMEOUT_S = 5.0  # the whole login (HELLO to AUTH), however the peer drips its bytes
 IDLE_TIMEOUT_S = 120.0  # a connection silent this long is closed (its stream session stays resumable)
 SESSION_TTL_S = 60.0  # the resume window: a session whose connection dropped is kept this long, then freed
@@ -220,6 +221,36 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+def loads_here(staged: Path) -> None:
+    """Refuse a staged bundle whose model files do not load and run a hop in the runtimes installed here (a
+    truncated model.tflite with its digests resealed was activated, and every run failed until a rollback).
+    Formats whose runtime this device lacks are not checked: nothing here could run them anyway."""
+    from edge_pse.bundle import Bundle
+    from edge_pse.runtime.backends import FORMAT_BACKEND, open_backend
+
+    bundle = Bundle.load(staged)
+    for entry in bundle.files:
+        name = FORMAT_BACKEND.get(entry.format)
+        if name is None:
+            continue
+        try:
+            model = open_backend(bundle, name, quantization=entry.quantization)
+        except ImportError:
+            continue
+        except Exception as e:  # what a broken file raises depends on the runtime
+            raise EdgePseError(
+                f"deploy refused: {entry.path} does not load on this device ({type(e).__name__}: {e}); "
+                "the active bundle is unchanged"
+            ) from None
+        try:
+            warm_up(model)
+        except Exception as e:
+            raise EdgePseError(
+                f"deploy refused: {entry.path} loads but does not run a hop ({type(e).__name__}: {e}); "
+                "the active bundle is unchanged"
+            ) from None
+
+
 def _refuse(sock: socket.socket, code: str, message: str) -> None:
     """Tell a connection we do not serve why (one ERROR frame, never blocking the accept loop), then close it."""
     try:
@@ -255,7 +286,7 @@ class Agent:
         self._opening = 0  # sessions being opened (their backend loading): they count against max_sessions
         # loaded models of the active bundle, shared by its sessions' streams: (bundle sha256, backend, threads,
         # quantization) -> Backend. A deploy empties it; sessions on the old bundle keep their model alive
-        self._models: dict[tuple, object] = {}
+        self._models: OrderedDict[tuple, object] = OrderedDict()
         self._model_loads = 0
         self._sock = socket.create_server((host, port), reuse_port=False)
         self._stop = threading.Event()
@@ -425,12 +456,16 @@ class Agent:
                 self._opening -= 1
 
     def _model(self, bundle, backend: str | None, threads: int, quantization: str | None):
-        """The loaded model for these settings, loaded (and warmed up) on first use; streams share it."""
+        """The loaded model for these settings, loaded (and warmed up) on first use; streams share it. At most
+        MAX_MODELS stay loaded (least recently used dropped; a stream still running keeps its own): streams
+        opened with threads 1..64 cached 128 models and 4,036 OS threads."""
         from edge_pse.runtime.backends import open_backend
 
         key = (bundle.manifest.get("manifest_sha256") or str(bundle.path), backend, threads, quantization)
         with self._lock:
             model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
         if model is None:
             model = open_backend(bundle, backend, threads=threads, quantization=quantization)
             with self._lock:
@@ -440,6 +475,9 @@ class Agent:
                 if not any(k[0] == key[0] for k in self._models):  # another bundle became active: drop its models
                     self._models.clear()
                 model = self._models.setdefault(key, model)
+                self._models.move_to_end(key)
+                while len(self._models) > MAX_MODELS:
+                    self._models.popitem(last=False)
         return model
 
     def bench(self, req: dict) -> dict:
@@ -656,7 +694,7 @@ class _Connection:
                 if self.upload is None:
                     raise EdgePseError("deploy_commit without deploy_begin")
                 up, self.upload = self.upload, None
-                self.agent.store.commit(up)
+                self.agent.store.commit(up, check=loads_here)
                 self._reply({"ok": True, **self.agent.store.describe()})
             elif op == "rollback":
                 self.agent.store.rollback()

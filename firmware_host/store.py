@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -191,8 +191,10 @@ class Store:
     def abort(self, up: Upload) -> None:
         shutil.rmtree(up.staging, ignore_errors=True)
 
-    def commit(self, up: Upload) -> Path:
-        """Verify every file against the deploy's sha256 and the bundle's own manifest, install, activate."""
+    def commit(self, up: Upload, check: Callable[[Path], None] | None = None) -> Path:
+        """Verify every file against the deploy's sha256 and the bundle's own manifest, run `check` on the staged
+        bundle (the agent loads each model file and runs a hop: a file that passes its digest may still not
+        load), then install and activate."""
         try:
             if up.failed is not None:
                 raise EdgePseError(f"deploy failed: {up.failed}; the active bundle is unchanged")
@@ -202,6 +204,8 @@ class Store:
                 if h.hexdigest() != f["sha256"]:
                     raise EdgePseError(f"{f['path']}: sha256 mismatch after upload (corrupted in transit)")
             Bundle.load(up.staging)  # the manifest's own schema and per-file sha256
+            if check is not None:
+                check(up.staging)
             bid = f"{sha256_file(up.staging / MANIFEST)[:16]}-{up.name}"
             dest = self.root / "bundles" / bid
             with self._lock:

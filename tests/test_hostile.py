@@ -654,3 +654,52 @@ def test_a_killed_writers_part_file_is_removed_by_the_next_run_and_a_live_ones_i
     with open(held) as f:  # the holder is gone: nothing holds the part any more
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert atomic.remove_stale_parts(target_file) == [held]
+
+
+# --- round 2: N12 (a bundle that verifies but does not load) and N8 (the agent's loaded models are bounded)
+
+
+def test_a_deploy_whose_model_does_not_load_is_refused_and_the_active_bundle_stays(agent, bundle, tmp_path) -> None:
+    """N12: model.onnx cut to half with its sha256 and the manifest digest resealed passes every digest; the
+    agent now loads it and runs a hop before switching, refuses it, and keeps serving the bundle it had."""
+    from edge_pse.bundle import manifest_digest, sha256_file
+
+    t = target(agent)
+    client.deploy(t, TOKEN, bundle)
+    before = client.status(t, TOKEN)["active"]["id"]
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    model = broken / "model.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    m = json.loads((broken / "manifest.json").read_text())
+    entry = next(f for f in m["files"] if f["path"] == "model.onnx")
+    entry.update(sha256=sha256_file(model), bytes=model.stat().st_size)
+    m["manifest_sha256"] = manifest_digest(m)
+    (broken / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgePseError, match=r"deploy refused: model\.onnx does not load on this device"):
+        client.deploy(t, TOKEN, broken)
+    assert client.status(t, TOKEN)["active"]["id"] == before
+    client.stream_hops(t, TOKEN, np.zeros((20, 160), np.float32), np.array(SPEAKER, np.float32), backend="onnx")
+
+
+def test_the_agent_keeps_a_bounded_number_of_loaded_models(agent, bundle) -> None:
+    """N8: streams opened with threads 1..12 each load a model; only the last MAX_MODELS stay loaded, and the
+    process's OS threads come back down (every model kept its runtime's thread pool before)."""
+    from firmware_host.agent import MAX_MODELS
+
+    def os_threads() -> int:
+        return int(next(line for line in open("/proc/self/status") if line.startswith("Threads:")).split()[1])
+
+    t = target(agent)
+    client.deploy(t, TOKEN, bundle)
+    start = os_threads()
+    for threads in range(1, 13):
+        client.stream_hops(
+            t, TOKEN, np.zeros((4, 160), np.float32), np.array(SPEAKER, np.float32), backend="onnx", threads=threads
+        )
+    assert len(agent._models) == MAX_MODELS
+    assert [k[2] for k in agent._models] == [9, 10, 11, 12]
+    import gc
+
+    gc.collect()
+    assert os_threads() - start <= 9 + 10 + 11 + 12, (start, os_threads())  # the four kept models' pools at most
