@@ -259,3 +259,35 @@ def test_turns_make_the_target_start_late_or_pause_while_the_talker_goes_on(trai
         assert np.abs(ex.mixture[silent]).max() > 0  # the other talker goes on through the target's pauses
         late_or_paused += any(t > 0 for t in target_onsets(ex.target))
     assert late_or_paused >= 6  # onsets inside the clip, not only at its first frame
+
+
+def test_a_random_microphone_colours_the_mixture_and_its_reference_alike(train_ds) -> None:
+    """mic_prob: the same example with and without the microphone (its draw comes last, so everything else is
+    equal): the target and the mixture went through one filter (their spectral ratios to the plain example
+    agree), and that filter is not flat (a high-pass and a resonance)."""
+    from dataclasses import replace
+
+    def spectrum_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        f, pa = signal.welch(a, 16_000, nperseg=1024)
+        _, pb = signal.welch(b, 16_000, nperseg=1024)
+        band = (f > 80) & (f < 3000)
+        return 10 * np.log10(pa[band] / pb[band])
+
+    from scipy import signal
+
+    for cond in ("noise", "both"):
+        plain = MixtureDataset("", "train", seed=9, cfg=train_ds.cfg, sources=train_ds.sources, conditions=(cond,))
+        mic = MixtureDataset(
+            "", "train", seed=9, cfg=replace(train_ds.cfg, mic_prob=1.0), sources=train_ds.sources, conditions=(cond,)
+        )
+        for i in range(3):
+            a, b = plain[i], mic[i]
+            assert "mic" in b.meta and "mic" not in a.meta
+            r_target, r_mix = spectrum_ratio(b.target, a.target), spectrum_ratio(b.mixture, a.mixture)
+            assert np.ptp(r_target) > 1.0  # coloured, not a gain
+            # one filter on both (up to the peak normalisation's common gain)
+            assert np.max(np.abs((r_target - r_target.mean()) - (r_mix - r_mix.mean()))) < 1.0
+    pa, pb = MixtureDataset(
+        "", "train", seed=9, cfg=replace(train_ds.cfg, mic_prob=1.0), sources=train_ds.sources
+    ).pair(0)
+    assert pa.meta["mic"] == pb.meta["mic"] and np.array_equal(pa.mixture, pb.mixture)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,9 @@ class MixtureConfig:
     # the target talks in turns inside the clip (a late start and/or 1-2 pauses of 0.25-0.8 s) while the other
     # voices go on: onsets and re-entries become a normal part of training, not only the clip's first frame
     turns_prob: float = 0.0
+    # a random microphone (high-pass, band limit half the time, one +-6 dB resonance) on the mixture and on its
+    # reference alike: the model must not undo the user's microphone, only remove what is not their voice
+    mic_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(CONDITIONS) or min(self.weights) < 0 or sum(self.weights) <= 0:
@@ -123,6 +127,24 @@ def _turns(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     gate = np.convolve(gate, ramp / ramp.sum(), mode="same").astype(np.float32)
     edges = int(np.count_nonzero(np.diff((gate > 0.5).astype(np.int8)) == 1)) + int(gate[0] > 0.5)
     return x * gate, f"turns-{edges}"
+
+
+def _microphone(rng: np.random.Generator) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """A random microphone response: a 2nd-order high-pass at 50-250 Hz, half the time a 4th-order low-pass at
+    3.4-7.5 kHz (a band-limited capsule or codec), and a resonance of -6..+6 dB at 300-4000 Hz (Q 0.7-2)."""
+    hp = float(rng.uniform(50, 250))
+    sections = [signal.butter(2, hp, "highpass", fs=SAMPLE_RATE, output="sos")]
+    lp = float(rng.uniform(3400, 7500)) if rng.random() < 0.5 else None
+    if lp is not None:
+        sections.append(signal.butter(4, lp, "lowpass", fs=SAMPLE_RATE, output="sos"))
+    f0, q, gain_db = float(rng.uniform(300, 4000)), float(rng.uniform(0.7, 2.0)), float(rng.uniform(-6, 6))
+    b, a = signal.iirpeak(f0, q, fs=SAMPLE_RATE)  # unit gain at f0: x + (g - 1) * band is a peak of gain g there
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        y = signal.sosfilt(np.concatenate(sections), x)
+        return (y + (10 ** (gain_db / 20) - 1) * signal.lfilter(b, a, y)).astype(np.float32)
+
+    return apply, f"hp{hp:.0f}" + (f"-lp{lp:.0f}" if lp else "") + f"-peak{f0:.0f}@{gain_db:+.1f}dB"
 
 
 def _enroll_meta(option: tuple[tuple[int, ...], int]) -> list:
@@ -345,6 +367,9 @@ class MixtureDataset:
             meta["snr_db"] = round(float(snr), 2)
         if condition == "absent":
             ref = np.zeros_like(ref)
+        if cfg.mic_prob and rng.random() < cfg.mic_prob:
+            mic, meta["mic"] = _microphone(rng)
+            mixture, ref = mic(mixture), mic(ref)
         peak = float(np.max(np.abs(mixture)))
         if peak > 0.95:  # keep the mixture in range; the reference scales with it
             mixture, ref = mixture * (0.95 / peak), ref * (0.95 / peak)
@@ -459,6 +484,9 @@ class MixtureDataset:
             snr = rng.uniform(*cfg.snr_db)  # against the louder talker
             mixture = mixture + below(noise, max(rms(wet[0]), rms(wet[1])), snr)
             extra["snr_db"] = round(float(snr), 2)
+        if cfg.mic_prob and rng.random() < cfg.mic_prob:
+            mic, extra["mic"] = _microphone(rng)
+            mixture, refs = mic(mixture), [mic(r) for r in refs]
         scale = min(1.0, 0.95 / max(float(np.max(np.abs(mixture))), 1e-9))
         mixture = (mixture * scale).astype(np.float32)
         out = []
