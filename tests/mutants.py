@@ -111,6 +111,77 @@ MUTANTS = (
         "        sink = BlockSink(writer.write, hop, delay=0)\n",
         ("tests/test_run.py", "-k", "streamed"),
     ),
+    Mutant(
+        "audio frames on the device link are not authenticated",
+        "firmware_host/protocol.py",
+        "        if not hmac.compare_digest(tag, self._tag(self._recv_key, self._recv_seq, header + payload)):\n",
+        "        if t not in (T.HOP, T.OUT) and not hmac.compare_digest(\n"
+        "            tag, self._tag(self._recv_key, self._recv_seq, header + payload)\n        ):\n",
+        ("tests/test_protocol.py", "-k", "channel_refuses"),
+    ),
+    Mutant(
+        "a remote run takes its input's error for a dropped link",
+        "firmware_host/client.py",
+        "                            hop = None if exhausted else _next_hop(hops)\n",
+        "                            hop = None if exhausted else next(hops, None)\n",
+        ("tests/test_agent.py", "-k", "input_error"),
+    ),
+    Mutant(
+        "the onset share is measured after the window instead of in it",
+        "edge_pse/eval/metrics.py",
+        "            r, e = ref[t : t + n], est[t : t + n]\n",
+        "            r, e = ref[t : t + n], est[min(t + n, ref.size - n) : min(t + n, ref.size - n) + n]\n",
+        ("tests/test_metrics.py", "-k", "onset"),
+    ),
+    Mutant(
+        "the target may come from a recording the enrollment was joined from",
+        "edge_pse/data/mixtures.py",
+        "        others = [u for u in range(len(spk.utterances)) if u not in utts_enr]\n",
+        "        others = [u for u in range(len(spk.utterances)) if u != u_enr]\n",
+        ("tests/test_data.py", "-k", "joined"),
+    ),
+    Mutant(
+        "batched d-vectors average the partials of the wrong clip",
+        "edge_pse/enroll/dvector.py",
+        "            owner += [k] * len(mel_slices)\n",
+        "            owner += [min(k, 1)] * len(mel_slices)\n",
+        ("tests/test_enroll.py", "-k", "batched"),
+    ),
+    Mutant(
+        "a live writer's part file is removed as stale",
+        "edge_pse/atomic.py",
+        "            if _lock(fd):\n",
+        "            if _lock(fd) or True:\n",
+        ("tests/test_hostile.py", "-k", "killed_writer"),
+    ),
+    Mutant(
+        "a full disk is a libsndfile traceback",
+        "edge_pse/runtime/audio_io.py",
+        '            raise EdgePseError(f"cannot write {self.path} ({_reason(e)}): is the disk full?") from None\n',
+        "            raise\n",
+        ("tests/test_run.py", "-k", "full_disk"),
+    ),
+    Mutant(
+        "the input resampler's rates are swapped",
+        "edge_pse/runtime/audio_io.py",
+        'soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32", quality="HQ")',
+        'soxr.ResampleStream(self.sample_rate, rate, 1, dtype="float32", quality="HQ")',
+        ("tests/test_run.py", "-k", "stereo_44k"),
+    ),
+    Mutant(
+        "a .wav output is written as float",
+        "edge_pse/runtime/audio_io.py",
+        'WRITE_FORMATS = {".wav": ("WAV", "PCM_16")',
+        'WRITE_FORMATS = {".wav": ("WAV", "FLOAT")',
+        ("tests/test_run.py", "-k", "keeps_length"),
+    ),
+    Mutant(
+        "float_to_int16 truncates instead of rounding",
+        "edge_pse/runtime/frontend.py",
+        "    scaled = np.rint(np.asarray(wave, dtype=np.float64) * 32768.0)\n",
+        "    scaled = np.trunc(np.asarray(wave, dtype=np.float64) * 32768.0)\n",
+        ("tests/test_frontend.py", "-k", "ties_to_even"),
+    ),
 )
 
 

@@ -404,3 +404,25 @@ def test_an_input_error_of_a_remote_run_is_the_input_error_not_silence(agent, bu
             client.remote_run(t, TOKEN, bad, out, demo.path(demo.SPEAKER), backend="onnx")
         assert not out.exists()
     assert client.status(t, TOKEN)["sessions"] == 0  # every failed run closed its session on the device
+
+
+def test_an_audio_frame_with_a_wrong_tag_closes_the_stream_and_gets_no_output(agent, bundles) -> None:
+    """After the login every HOP is sealed: one with a forged tag (a relay that knows the framing, not the key)
+    gets no OUT back; the agent answers with a protocol error and drops the connection."""
+    t = target(agent)
+    client.deploy(t, TOKEN, bundles[0])
+    link = client.Link(t, TOKEN)
+    try:
+        link.request("open_stream", speaker=[0.0625] * 256, backend="onnx")
+        link.send(P.pack_hop(0, np.zeros(P.HOP, np.float32)))
+        assert P.unpack_out(P.expect(link.recv(), T.OUT).payload)[0] == 0  # a sealed hop is answered
+        forged = P.pack_hop(1, np.zeros(P.HOP, np.float32))
+        link.sock.sendall(forged + bytes(P.TAG_BYTES))
+        with pytest.raises((P.RemoteError, ConnectionError, OSError)) as err:
+            P.expect(link.recv(), T.OUT)
+        if isinstance(err.value, P.RemoteError):
+            assert err.value.code == "protocol" and "failed authentication" in str(err.value)
+            with pytest.raises((ConnectionError, OSError)):
+                link.recv()
+    finally:
+        link.close()

@@ -115,3 +115,12 @@ def test_per_hop_path_works_in_the_callers_buffers(speech: np.ndarray) -> None:
         framer.pop_hop(x)
         assert q(x, out) is out
         np.testing.assert_array_equal(out, speech[start : start + HOP])
+
+
+def test_float_to_int16_rounds_to_the_nearest_step_ties_to_even() -> None:
+    """Exact values written out by hand (x * 2^15, then the nearest integer, ties to the even one): truncation
+    (0.7 -> 0, -1.6 -> -1) or rounding ties away from zero (2.5 -> 3) each change one of them."""
+    steps = np.array([0.0, 0.7, 1.5, 2.5, -1.6, -2.5, 16383.5, -32768.0, 32766.6, 32767.49])
+    pcm, clipped = float_to_int16(steps / 32768.0)
+    assert pcm.tolist() == [0, 1, 2, 2, -2, -2, 16384, -32768, 32767, 32767] and clipped == 0
+    assert pcm.dtype == np.int16

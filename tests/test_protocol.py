@@ -99,12 +99,22 @@ def _channels() -> tuple[P.Channel, P.Channel, socket.socket, socket.socket]:
     return P.Channel(a, to_agent, to_client), P.Channel(b, to_client, to_agent), a, b
 
 
-def test_the_channel_refuses_injected_replayed_reordered_dropped_and_reflected_frames() -> None:
-    req = P.encode_json(T.REQUEST, {"op": "status"})
+FRAMES = {  # one frame of each kind the channel carries after the login: requests and the audio both ways
+    "request": P.encode_json(T.REQUEST, {"op": "status"}),
+    "hop": P.pack_hop(7, np.linspace(-0.5, 0.5, P.HOP, dtype=np.float32)),
+    "out": P.pack_out(7, 1000, 2000, np.linspace(0.5, -0.5, P.HOP, dtype=np.float32)),
+}
+
+
+@pytest.mark.parametrize("kind", list(FRAMES))
+def test_the_channel_refuses_injected_replayed_reordered_dropped_and_reflected_frames(kind: str) -> None:
+    """Audio frames are sealed like requests: with the tag check off for HOP frames, every test passed before."""
+    req = FRAMES[kind]
     host, agent, a, b = _channels()
     with a, b:
         host.send(req)
-        assert agent.recv().json() == {"op": "status"}
+        got = agent.recv()
+        assert P.encode(got.type, got.payload) == req
         a.sendall(req + bytes(P.TAG_BYTES))  # injected: no key
         with pytest.raises(P.ProtocolError, match="failed authentication"):
             agent.recv()
