@@ -183,6 +183,7 @@ def test_a_broken_plugin_fails_its_cell_not_the_report(plugin_dir) -> None:
         (["--models", "nosuchmodule_xyz:make"], "cannot import nosuchmodule_xyz"),
         (["--models", "ep:nothing"], "no bench plug-in entry point 'nothing'"),
         (["--models", "edge_pse.bench.plugins:passthrough", "--eval-data", "/nonexistent"], "not a data root"),
+        (["--models", "edge_pse.bench.plugins:passthrough", "--eval-corpus", "x"], "--eval-corpus needs --eval-data"),
         (["--models", "edge_pse.bench.plugins:passthrough", "--device", "toaster"], "unknown device profile"),
         (["--models", "edge_pse.bench.plugins:passthrough", "--threads", "0"], "must be >= 1"),
         (["--models", "/nonexistent/bundle", "--threads", "1,200"], "--threads values must be <= 64"),

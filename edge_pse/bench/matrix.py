@@ -176,6 +176,7 @@ class BenchOptions:
     warmup: int = 200
     deadline_us: float = 10_000.0
     eval_data: str | None = None
+    eval_corpora: tuple[str, ...] | None = None  # speech corpora of eval_data the eval set draws from (None: all)
     per_condition: int = 10
     seconds: float = 4.0
     asr: bool = True
@@ -214,7 +215,13 @@ def _quality(cells: list[Cell], opts: BenchOptions, log) -> tuple[dict | None, d
     from edge_pse.eval.evaluate import EvalSet, score
 
     log(f"building the eval set from {opts.eval_data} ({opts.per_condition} per condition, {opts.seconds} s)")
-    evalset = EvalSet.build(opts.eval_data, split="test", per_condition=opts.per_condition, seconds=opts.seconds)
+    evalset = EvalSet.build(
+        opts.eval_data,
+        split="test",
+        per_condition=opts.per_condition,
+        seconds=opts.seconds,
+        corpora=opts.eval_corpora,
+    )
     kw = {"asr": opts.asr, "intrusive_extras": opts.intrusive, "dnsmos": opts.dnsmos, "progress": opts.progress}
     clip_ex = next(ex for c in ("both", "interferer", "noise", "reverberant") for ex in evalset.examples.get(c, []))
     clip = {"mixture": clip_ex.mixture, "target": clip_ex.target, "outputs": {}}
@@ -372,6 +379,7 @@ def run_matrix(
             if not opts.eval_data
             else {
                 "data": str(opts.eval_data),
+                "corpora": list(opts.eval_corpora) if opts.eval_corpora else None,
                 "split": "test",
                 "per_condition": opts.per_condition,
                 "seconds": opts.seconds,

@@ -58,6 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-data", type=Path, help="data root (../shared/data layout): measure quality on its test split"
     )
+    p.add_argument(
+        "--eval-corpus",
+        nargs="+",
+        metavar="CORPUS",
+        help="with --eval-data: targets and talkers from these speech/CORPUS folders only (one corpus's row)",
+    )
     p.add_argument("--per-condition", type=_positive, default=10, help="eval clips per condition (default 10)")
     p.add_argument("--seconds", type=float, default=4.0, help="eval clip length (default 4 s)")
     p.add_argument(
@@ -136,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     profile = devices.resolve(args.device, args.profiles)
+    if args.eval_corpus and args.eval_data is None:
+        raise EdgePseError("--eval-corpus needs --eval-data")
     if args.eval_data is not None and not (args.eval_data / "speech").is_dir():
         raise EdgePseError(f"--eval-data {args.eval_data}: not a data root (no speech/ folder)")
     if args.seconds <= 0:
@@ -155,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         deadline_us=profile.deadline_ms * 1000,
         eval_data=str(args.eval_data) if args.eval_data else None,
+        eval_corpora=tuple(args.eval_corpus) if args.eval_corpus else None,
         per_condition=args.per_condition,
         seconds=args.seconds,
         asr=not (args.no_asr or args.fast),
