@@ -28,13 +28,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = Path(path)
     remove_stale_parts(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    _lock(fd)  # held while we write: remove_stale_parts() of a later run leaves this part alone
-    try:
+    if not _lock(fd):  # no fcntl (Windows, which also refuses to rename an open file): nothing to hold
+        os.close(fd)
+        fd = -1
+    try:  # with the lock held while we write, remove_stale_parts() of a later run leaves this part alone
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 

@@ -231,12 +231,10 @@ def loads_here(staged: Path) -> None:
     bundle = Bundle.load(staged)
     for entry in bundle.files:
         name = FORMAT_BACKEND.get(entry.format)
-        if name is None:
+        if name is None or not _importable(name):
             continue
         try:
-            model = open_backend(bundle, name, quantization=entry.quantization)
-        except ImportError:
-            continue
+            model = open_backend(bundle, name, threads=_check_threads(name), quantization=entry.quantization)
         except Exception as e:  # what a broken file raises depends on the runtime
             raise EdgePseError(
                 f"deploy refused: {entry.path} does not load on this device ({type(e).__name__}: {e}); "
@@ -249,6 +247,16 @@ def loads_here(staged: Path) -> None:
                 f"deploy refused: {entry.path} loads but does not run a hop ({type(e).__name__}: {e}); "
                 "the active bundle is unchanged"
             ) from None
+
+
+def _check_threads(backend: str) -> int:
+    """Threads for a deploy's load check: ExecuTorch's thread pool is set once per process, so the check takes
+    the size a stream or bench already set (a check at 1 thread would refuse the .pte, or pin later streams)."""
+    if backend == "executorch":
+        from edge_pse.runtime.backends import executorch
+
+        return executorch._threads_set or 1
+    return 1
 
 
 def _refuse(sock: socket.socket, code: str, message: str) -> None:
@@ -524,11 +532,19 @@ class Agent:
 def _importable(backend: str) -> bool:
     import importlib.util
 
-    mod = {"litert": "ai_edge_litert", "onnx": "onnxruntime", "executorch": "executorch", "torch": "torch"}[backend]
-    try:
-        return importlib.util.find_spec(mod) is not None
-    except (ImportError, ValueError):
-        return False
+    mods = {
+        "litert": ("ai_edge_litert", "tflite_runtime"),  # the LiteRT backend runs either
+        "onnx": ("onnxruntime",),
+        "executorch": ("executorch",),
+        "torch": ("torch",),
+    }[backend]
+    for mod in mods:
+        try:
+            if importlib.util.find_spec(mod) is not None:
+                return True
+        except (ImportError, ValueError):
+            pass
+    return False
 
 
 def _probe(bundle, backend: str | None, threads: int, hops: int) -> dict:
@@ -610,15 +626,15 @@ class _Connection:
         gate = self.agent.gate
         nonce = P.new_nonce()
         P.send(self.conn, P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce}))
+        msg = P.recv_frame(self.conn, deadline, only=T.AUTH)  # not our protocol at all: refused, not counted
         try:
-            auth = P.recv_frame(self.conn, deadline, only=T.AUTH).json()
+            auth = msg.json()
             client_nonce = auth.get("nonce")
             if not isinstance(client_nonce, str) or len(client_nonce) != 2 * P.NONCE_BYTES:
                 raise P.ProtocolError("AUTH needs the client's nonce")
-        except P.ProtocolError as e:  # a malformed login is a failed one: counted, and one log line
-            if not isinstance(e, P.VersionMismatch):
-                n = gate.failed_login(self.key)
-                log.warning("failed login from %s: %s (%d in the last %g s)", self.key, e, n, FAILED_LOGIN_WINDOW_S)
+        except P.ProtocolError as e:  # a malformed AUTH is a failed login: counted, and one log line
+            n = gate.failed_login(self.key)
+            log.warning("failed login from %s: %s (%d in the last %g s)", self.key, e, n, FAILED_LOGIN_WINDOW_S)
             raise
         wait = gate.blocked_for(self.key)
         if wait > 0:

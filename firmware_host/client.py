@@ -258,16 +258,24 @@ def stream_hops(
     return StreamResult(out, model_ns, device_ns, info, reconnects)
 
 
-class _SourceFailed(Exception):
-    """The hop source raised (a truncated file, a NaN sample): its error, never a dropped link's. Taken for a
-    link error, it would reconnect, find the dead generator empty and end the stream as if the input had."""
+class _HostFailed(Exception):
+    """The host's own side raised: the hop source (a truncated file, a NaN sample) or the output's sink (a full
+    disk). Its error, never a dropped link's: taken for one, the stream reconnected, read the dead generator as
+    the end of the input (and padded the rest with zeros), or handed a written hop to the sink again."""
 
 
 def _next_hop(hops: Iterator[np.ndarray]) -> np.ndarray | None:
     try:
         return next(hops, None)
     except Exception as e:
-        raise _SourceFailed() from e
+        raise _HostFailed() from e
+
+
+def _hand_over(take: Callable[[int, np.ndarray, int, int], None], *out) -> None:
+    try:
+        take(*out)
+    except Exception as e:
+        raise _HostFailed() from e
 
 
 def stream_iter(
@@ -317,13 +325,13 @@ def stream_iter(
                     seq, m_ns, d_ns, y = P.unpack_out(P.expect(link.recv(), T.OUT).payload)
                     if seq != got:
                         raise P.ProtocolError(f"output hop {seq} arrived, expected {got}")
-                    take(seq, y, m_ns, d_ns)
+                    _hand_over(take, seq, y, m_ns, d_ns)
                     pending.popleft()
                     got += 1
                 link.request("close_stream")
                 session = None
                 return info, reconnects
-            except _SourceFailed as e:  # the input's own error: no reconnect, and nothing read past it is padded
+            except _HostFailed as e:  # the host's own error: no reconnect, nothing padded or written twice
                 raise e.__cause__ from None
             except P.RemoteError as e:
                 raise EdgePseError(f"{target}: {e}") from None

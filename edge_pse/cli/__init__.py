@@ -4,10 +4,12 @@ so that `edge-pse --help` and the on-device commands work without torch."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from edge_pse import __version__
 from edge_pse.errors import EdgePseError
@@ -94,23 +96,36 @@ def _terminate(signum: int, _frame) -> None:
     raise Terminated(signum)
 
 
-def _stop_like_ctrl_c() -> None:
-    """SIGTERM and SIGHUP raise Terminated in the main thread, where nothing else has taken them (training
-    installs its own SIGTERM while it runs: finish the step, save, exit 0)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
-        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-            signal.signal(sig, _terminate)
+@contextlib.contextmanager
+def _stop_like_ctrl_c() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP raise Terminated in the main thread where nothing else has taken
+    them (training installs its own SIGTERM while it runs: finish the step, save, exit 0); restored after."""
+    taken = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+                taken[sig] = signal.signal(sig, _terminate)
+    try:
+        yield
+    finally:
+        for sig, previous in taken.items():
+            signal.signal(sig, previous)
+
+
+def _die_by(signum: int) -> None:
+    """End the process by the signal that stopped it, now that it has cleaned up: its parent (a shell, systemd,
+    a supervisor) sees a death by SIGTERM, not an exit status it would count as a failure."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args._run
-    _stop_like_ctrl_c()
     try:
-        return run(args)
+        with _stop_like_ctrl_c():
+            return run(args)
     except EdgePseError as e:
         print(f"edge-pse {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -127,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         if isinstance(e, Terminated):
             print(f"edge-pse {args.command}: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
-            return 128 + e.signum
+            sys.stderr.flush()
+            _die_by(e.signum)
+            return 128 + e.signum  # where the signal cannot end the process (it is ignored or not delivered)
         print(f"edge-pse {args.command}: interrupted", file=sys.stderr)
         return 130
 

@@ -124,7 +124,8 @@ def _turns(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         if trial.mean() >= 0.25:
             gate = trial
     ramp = np.hanning(2 * TURN_RAMP + 1)[: TURN_RAMP + 1]
-    gate = np.convolve(gate, ramp / ramp.sum(), mode="same").astype(np.float32)
+    edges = np.pad(gate, TURN_RAMP, mode="edge")  # a clip that starts or ends talking is not faded there
+    gate = np.convolve(edges, ramp / ramp.sum(), mode="same")[TURN_RAMP:-TURN_RAMP].astype(np.float32)
     edges = int(np.count_nonzero(np.diff((gate > 0.5).astype(np.int8)) == 1)) + int(gate[0] > 0.5)
     return x * gate, f"turns-{edges}"
 
@@ -242,8 +243,10 @@ class MixtureDataset:
     def _enroll_clip(self, s: int, o: int) -> np.ndarray:
         utts, start = self._options[s][o]
         spk = self.sources.speakers[s]
-        audio = spk.utterances[utts[0]] if len(utts) == 1 else np.concatenate([spk.utterances[u] for u in utts])
-        return audio[start : start + self.n_enroll]
+        if len(utts) == 1:
+            return spk.utterances[utts[0]][start : start + self.n_enroll]
+        # a copy: a view would keep the whole joined audio alive
+        return np.concatenate([spk.utterances[u] for u in utts])[start : start + self.n_enroll].copy()
 
     def _enroll_embeddings(self, cache_dir: str | Path | None) -> list[np.ndarray]:
         from edge_pse.enroll.dvector import EMBED_RECIPE
@@ -260,7 +263,7 @@ class MixtureDataset:
         else:
             from edge_pse.enroll.dvector import embed_many
 
-            clips = [self._enroll_clip(s, o) for s in range(len(self._options)) for o in range(len(self._options[s]))]
+            clips = _EnrollClips(self)  # made a chunk at a time: all of them at once would be GBs
             flat = embed_many(clips, progress=f"d-vectors ({self.split}, {len(clips)} clips)")
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # DDP ranks may compute it at the same time
@@ -502,6 +505,20 @@ class MixtureDataset:
             emb = self._embeddings[s][o].astype(np.float32)
             out.append(Example(mixture, target, self._enroll_clip(s, o), emb, cond, meta, other_emb))
         return out[0], out[1]
+
+
+class _EnrollClips:
+    """Every enrollment clip of a dataset, in option order, made when sliced (embed_many takes chunks)."""
+
+    def __init__(self, ds: MixtureDataset) -> None:
+        self.ds = ds
+        self.pairs = [(s, o) for s in range(len(ds._options)) for o in range(len(ds._options[s]))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, chunk: slice) -> list[np.ndarray]:
+        return [self.ds._enroll_clip(s, o) for s, o in self.pairs[chunk]]
 
 
 class RecordingDataset(MixtureDataset):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def embed(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return embed_preprocessed(preprocess(wave))
 
 
-def embed_many(waves: list[np.ndarray], clips_per_call: int = 128, progress: str | None = None) -> np.ndarray:
+def embed_many(waves: Sequence[np.ndarray], clips_per_call: int = 128, progress: str | None = None) -> np.ndarray:
     """d-vectors of many 16 kHz clips, [len(waves), 256]: embed() of each, with the 1.6 s partials of
     `clips_per_call` clips run through the encoder's LSTM in one call instead of one call per clip (reading a
     data root embeds thousands of enrollment clips: 4x faster at 2 threads). Only the float sums' batch
@@ -74,7 +75,8 @@ def embed_many(waves: list[np.ndarray], clips_per_call: int = 128, progress: str
     out = np.zeros((len(waves), EMBED_DIM), np.float32)
     for i in starts:
         mels, owner = [], []
-        for k, wave in enumerate(waves[i : i + clips_per_call]):
+        chunk = waves[i : i + clips_per_call]
+        for k, wave in enumerate(chunk):
             wav = preprocess(wave)
             wav_slices, mel_slices = enc.compute_partial_slices(len(wav), 1.3, 0.75)  # embed_utterance's defaults
             if wav_slices[-1].stop >= len(wav):
@@ -84,7 +86,7 @@ def embed_many(waves: list[np.ndarray], clips_per_call: int = 128, progress: str
             owner += [k] * len(mel_slices)
         with torch.no_grad():
             partials = enc(torch.from_numpy(np.stack(mels))).numpy().astype(np.float64)
-        sums = np.zeros((len(waves[i : i + clips_per_call]), EMBED_DIM))
+        sums = np.zeros((len(chunk), EMBED_DIM))
         np.add.at(sums, np.asarray(owner), partials)  # embed_utterance: the mean of the partials, L2-normalised
         out[i : i + len(sums)] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-8)
     return out

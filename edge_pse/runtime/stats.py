@@ -24,11 +24,14 @@ class HopStats:
         self.passed_through = 0  # hops not sent through the model because the loop was behind
         self.skipped = 0
         self.lost = 0  # live only: hops the audio device lost (overflow/underflow)
+        self._busy_ns = self._model_ns = 0  # over every hop, also those the ring no longer holds
 
     def record(self, total_ns: int, model_ns: int) -> None:
         i = self.hops % self.capacity
         self.total_ns[i] = total_ns
         self.model_ns[i] = model_ns
+        self._busy_ns += total_ns
+        self._model_ns += model_ns
         self.hops += 1
         if total_ns > self.deadline_ns:
             self.misses += 1
@@ -38,11 +41,11 @@ class HopStats:
         return np.frombuffer(self.total_ns, np.int64)[:n], np.frombuffer(self.model_ns, np.int64)[:n]
 
     def busy_ns(self) -> int:
-        """Summed time of the recorded hops (front-end + model + sink)."""
-        return int(self._recorded()[0].sum())
+        """Summed time of every hop (front-end + model + sink), the ones the ring has dropped included."""
+        return self._busy_ns
 
     def model_total_ns(self) -> int:
-        return int(self._recorded()[1].sum())
+        return self._model_ns
 
     def summary(self) -> dict:
         """Percentiles in microseconds over the recorded hops (the last `capacity` of them)."""
