@@ -211,7 +211,7 @@ def test_batched_d_vectors_equal_one_clip_at_a_time() -> None:
     clips = [speech_like(s, seed=k, f0=f0) for k, (s, f0) in enumerate(((2.0, 110.0), (5.5, 210.0), (3.2, 150.0)))]
     clips += [c for c in (real_speech(0, 4.0), real_speech(1, 7.0)) if c is not None]
     one = np.stack([embed(c) for c in clips])
-    many = embed_many(clips, clips_per_call=2)  # chunks that split the list unevenly
+    many = embed_many(clips, clips_per_call=3)  # chunks that split the list unevenly (3 + 2)
     assert many.shape == one.shape
     assert np.min(np.sum(one * many, axis=1)) > 0.9999
     assert np.max(np.abs(one - many)) < 1e-3
