@@ -182,6 +182,48 @@ MUTANTS = (
         "    scaled = np.trunc(np.asarray(wave, dtype=np.float64) * 32768.0)\n",
         ("tests/test_frontend.py", "-k", "ties_to_even"),
     ),
+    Mutant(
+        "stored int8 ranges are ignored at export",
+        "edge_pse/exporters/pipeline.py",
+        "            pinned = opts.ranges.formats.get(fmt) if",
+        "            pinned = None if",
+        ("tests/test_ranges.py", "-k", "pinned_ranges_into"),
+    ),
+    Mutant(
+        "edge-pse run without --model uses the small",
+        "edge_pse/cli/run.py",
+        'DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "tiny-int8"\n',
+        'DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "small-int8"\n',
+        ("tests/test_shipped.py", "-k", "default_student"),
+    ),
+    Mutant(
+        "a rollback keeps the current bundle active",
+        "firmware_host/store.py",
+        "            self._activate(prev, cur)\n",
+        "            self._activate(cur, prev)\n",
+        ("tests/test_store.py",),
+    ),
+    Mutant(
+        "the agent processes a resent hop again",
+        "firmware_host/agent.py",
+        "                return  # a duplicate sent before a reconnect: already processed, its output was resent\n",
+        "                pass\n",
+        ("tests/test_agent.py", "-k", "resent"),
+    ),
+    Mutant(
+        "a new speaker set on a running stream is not applied",
+        "edge_pse/runtime/backends/base.py",
+        "                b._set_speaker_input(self._spk)\n",
+        "                pass\n",
+        ("tests/test_run_bundle.py", "-k", "keep_their_own"),
+    ),
+    Mutant(
+        "a stream switch does not restore the stream's state",
+        "edge_pse/runtime/backends/base.py",
+        "            self._set_state(stream._state)\n",
+        "            self.reset()\n",
+        ("tests/test_run_bundle.py", "-k", "keep_their_own"),
+    ),
 )
 
 

@@ -426,3 +426,34 @@ def test_an_audio_frame_with_a_wrong_tag_closes_the_stream_and_gets_no_output(ag
                 link.recv()
     finally:
         link.close()
+
+
+def test_a_resent_hop_is_not_processed_twice(agent, bundles) -> None:
+    """A hop sent again with a sequence number already processed (a client that resends after a reconnect) gets
+    no second output and does not advance the model: the stream's outputs are what a stream without the
+    duplicate gives, hop for hop."""
+    t = target(agent)
+    client.deploy(t, TOKEN, bundles[0])
+    rng = np.random.default_rng(5)
+    hops = (0.1 * rng.standard_normal((6, P.HOP))).astype(np.float32)
+
+    def stream(order: list[int]) -> dict[int, np.ndarray]:
+        outs: dict[int, np.ndarray] = {}
+        with client.Link(t, TOKEN) as link:
+            link.request("open_stream", speaker=[0.0625] * 256, backend="onnx")
+            for i in order:
+                link.send(P.pack_hop(i, hops[i]))
+            while len(outs) < len(hops):
+                seq, _, _, y = P.unpack_out(P.expect(link.recv(), T.OUT).payload)
+                assert seq not in outs, f"hop {seq} answered twice"
+                outs[seq] = y
+            link.sock.settimeout(0.5)  # nothing more may come: a duplicate's output would be here
+            with pytest.raises((TimeoutError, socket.timeout)):
+                link.recv()
+        return outs
+
+    plain = stream([0, 1, 2, 3, 4, 5])
+    resent = stream([0, 1, 2, 1, 2, 3, 4, 5])
+    assert sorted(resent) == list(range(6))
+    for i in range(6):
+        np.testing.assert_array_equal(resent[i], plain[i])

@@ -105,14 +105,48 @@ def test_cli_refuses_ranges_it_cannot_use(args, message, tmp_path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_the_shipped_tiny_carries_ranges_for_its_own_weights() -> None:
-    """`export --student tiny` pins them (tests/test_shipped.py re-exports the bundle that way)."""
+def test_the_shipped_tiny_bundle_was_quantized_at_its_stored_ranges() -> None:
+    """`export --student tiny` pins them: the shipped bundle keeps the same table, and its ONNX file's activation
+    scales are the ones the stored [lowest, highest] give in closed form (uint8: (max(hi, 0) - min(lo, 0)) / 255)."""
+    import onnx
+
     from edge_pse.bundle import sha256_file
     from edge_pse.model.checkpoint import SHIPPED_DIR
 
     stored = ranges.load(ranges.beside(SHIPPED_DIR / "tiny.pt"), sha256_file(SHIPPED_DIR / "tiny.pt"))
     assert {"pte", "tflite", "onnx"} <= stored.formats.keys()
-    scales = np.array([s for f in ("pte", "tflite") for s, _ in stored.formats[f].values()])
-    assert np.all(scales > 0) and np.all(np.isfinite(scales))
-    lowest, highest = np.array(list(stored.formats["onnx"].values())).T
-    assert np.all(np.isfinite(lowest)) and np.all(lowest < highest)
+    bundle_dir = REPO / "edge_pse" / "bundles" / "tiny-int8"
+    assert ranges.load(bundle_dir / ranges.FILENAME).formats == stored.formats
+    graph = onnx.load(str(bundle_dir / "model.onnx")).graph
+    arrays = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("_scale")}
+    found = [(float(arrays[f"{n}_scale"]), lo, hi) for n, (lo, hi) in stored.formats["onnx"].items()
+             if f"{n}_scale" in arrays]  # fmt: skip
+    assert len(found) >= len(stored.formats["onnx"]) // 2
+    for scale, lo, hi in found:
+        assert scale == pytest.approx((max(hi, 0.0) - min(lo, 0.0)) / 255.0, rel=1e-5)
+
+
+def test_an_onnx_export_writes_the_pinned_ranges_into_the_int8_file(tiny, calib, tmp_path) -> None:  # noqa: F811
+    """Fast guard of the pinning path: stored ranges twice as wide as what the clips show must be the scales in the
+    file (uint8 activations: scale = (max(hi, 0) - min(lo, 0)) / 255, computed here from the table, not by the
+    exporter), and the bundle keeps the stored table, not a fresh measurement."""
+    import onnx
+
+    first = export(tiny, calib, tmp_path / "a", "onnx")
+    measured = ranges.load(tmp_path / "a" / ranges.FILENAME)
+    wide = {name: [2.0 * lo, 2.0 * hi] for name, (lo, hi) in measured.formats["onnx"].items()}
+    pinned = ranges.ActivationRanges(measured.checkpoint_sha256, "wide", measured.frame_level_dbfs, {"onnx": wide})
+    second = export(tiny, calib, tmp_path / "b", "onnx", ranges=pinned)
+    assert ranges.load(tmp_path / "b" / ranges.FILENAME).formats["onnx"] == wide
+    assert second.file("onnx").sha256 != first.file("onnx").sha256
+
+    graph = onnx.load(str(tmp_path / "b" / second.file("onnx").path)).graph
+    arrays = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("_scale")}
+    scales = {name: float(a) for name, a in arrays.items() if a.size == 1}  # per-channel weight scales aside
+    checked = 0
+    for name, (lo, hi) in wide.items():
+        if f"{name}_scale" in scales:
+            expected = (max(hi, 0.0) - min(lo, 0.0)) / 255.0
+            assert scales[f"{name}_scale"] == pytest.approx(expected, rel=1e-5), name
+            checked += 1
+    assert checked >= len(wide) // 2, f"only {checked} of {len(wide)} pinned tensors found in the file"

@@ -14,8 +14,25 @@ BUNDLES = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles"
 SHIPPED = sorted(p.stem for p in SHIPPED_DIR.glob("*.pt"))
 
 
-def test_the_default_student_is_shipped() -> None:
-    assert "tiny" in SHIPPED and (BUNDLES / "tiny-int8" / "manifest.json").exists()
+def test_the_default_student_is_what_run_uses_without_a_model(tmp_path: Path) -> None:
+    """`edge-pse run` with no --model writes exactly what --model tiny-int8 writes, and not what small-int8 does."""
+    import soundfile as sf
+
+    from edge_pse import demo
+    from tests.test_run import edge_pse
+
+    wave, rate = sf.read(demo.path(demo.MIXTURE), dtype="float32")
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, wave[: 2 * rate], rate, subtype="PCM_16")
+    outputs = {}
+    for name, extra in (("default", []), ("tiny", ["--model", BUNDLES / "tiny-int8"]),
+                        ("small", ["--model", BUNDLES / "small-int8"])):  # fmt: skip
+        out = tmp_path / f"{name}.wav"
+        res = edge_pse("run", "--input", clip, "--output", out, "--threads", "1", *extra)
+        assert res.returncode == 0, res.stderr
+        outputs[name] = sf.read(out, dtype="int16")[0]
+    assert "tiny" in SHIPPED and np.array_equal(outputs["default"], outputs["tiny"])
+    assert not np.array_equal(outputs["default"], outputs["small"])
 
 
 @pytest.mark.parametrize("name", SHIPPED)

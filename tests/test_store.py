@@ -95,3 +95,21 @@ def test_concurrent_deploys_rollbacks_and_readers_never_break_the_store(small_bu
     assert cur is not None and cur.is_dir() and prev is not None and prev.is_dir()
     assert {d.name for d in (store.root / "bundles").iterdir()} == {cur.name, prev.name}
     assert not list(store.root.glob(".*.tmp")) and not any((store.root / "staging").iterdir())
+
+
+def test_rollback_swaps_current_and_previous_back_and_forth(small_bundle, tmp_path) -> None:
+    """Two different bundles (their manifests differ), deployed in turn: each rollback makes the other one active,
+    as readers see it through `current`, and keeps the one it left as the way back."""
+    other = tmp_path / "other"
+    shutil.copytree(small_bundle, other)
+    m = json.loads((other / MANIFEST).read_text())
+    m["notes"] = "the other bundle"
+    (other / MANIFEST).write_text(json.dumps(m, indent=2))
+    store = Store(tmp_path / "agent")
+    first, second = deploy(store, small_bundle, "first"), deploy(store, other, "second")
+    assert (store.current, store.previous) == (second, first)
+    source = {first: small_bundle, second: other}
+    for active, back in ((first, second), (second, first), (first, second)):
+        assert store.rollback() == active
+        assert (store.current, store.previous) == (active, back)
+        assert (store.root / "current" / MANIFEST).read_bytes() == (source[active] / MANIFEST).read_bytes()
