@@ -4,7 +4,7 @@ A bundle is a folder with `manifest.json`, the model files it lists, the float w
 it names, and `report.md`. The runtime trusts
 nothing the manifest does not describe: `Bundle.load` checks the schema (types, ranges and the consistency of
 the numbers the runtime uses: hop, rate, speaker, tensor shapes, int8 scales), the manifest's own digest
-(`manifest_sha256`, when it has one) and the sha256 of every listed file, and keeps every path inside the
+(`manifest_sha256`, mandatory) and the sha256 of every listed file, and keeps every path inside the
 bundle. Torch-free on purpose: this is what a Raspberry Pi reads.
 """
 
@@ -407,11 +407,26 @@ def _check_layout(layout: object, states: list[list[int]], where: str) -> None:
         raise EdgePseError(f"{where}: io.layout covers {pos} values of a state of {states[0][-1]}")
 
 
+def _check_config_layout(cfg: dict, layout: list[dict], where: str) -> None:
+    """The state the config implies (model.config.state_spec) is the one io.layout describes: with the backends'
+    check of the file's own shapes against io, a config edited to another size is refused."""
+    from edge_pse.model.config import E3NetConfig, state_spec
+
+    try:
+        spec = state_spec(E3NetConfig.from_dict(cfg))
+    except (TypeError, ValueError) as e:
+        raise EdgePseError(f"{where}: 'config' is not an E3Net config ({e})") from None
+    want = [(p["name"], p["size"]) for p in spec.to_dict()["layout"]]
+    got = [(p["name"], p["size"]) for p in layout]
+    if got != want:
+        raise EdgePseError(f"{where}: io.layout {got} is not the state the config implies {want}")
+
+
 def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[FileEntry]:
     """Check the manifest's schema; returns its file entries. Raises EdgePseError saying what is wrong.
 
-    A manifest with `manifest_sha256` must match it (a hand-edited scale or rate is refused). Older manifests
-    have none: they load, their numbers checked by the schema alone (`edge_pse/bundles/` carry one)."""
+    The manifest must carry `manifest_sha256` and match it: a hand-edited scale or rate is refused. The digest
+    proves integrity, not authenticity (whoever edits the manifest can recompute it; docs/bundle.md)."""
     if not isinstance(manifest, dict):
         raise EdgePseError(f"{where}: not a JSON object")
     if manifest.get("schema") != SCHEMA:
@@ -437,6 +452,7 @@ def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[Fi
     _check_tensors(io.get("outputs"), "io.outputs")
     states = [_check_tensor(t, f"io.states[{i}]") for i, t in enumerate(io["states"])]
     _check_layout(io.get("layout"), states, str(where))
+    _check_config_layout(manifest["config"], io["layout"], str(where))
     if not isinstance(manifest["files"], list) or not manifest["files"]:
         raise EdgePseError(f"{where}: 'files' must be a non-empty list")
     entries = []
@@ -466,13 +482,17 @@ def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[Fi
         if not isinstance(ref["sha256"], str) or not _HEX64.fullmatch(ref["sha256"]):
             raise EdgePseError(f"{where}: reference sha256 must be 64 lower-case hex digits")
     # last: a malformed edit gets the schema's specific message, a well-formed one the digest's
-    if DIGEST_KEY in manifest:
-        try:
-            digest = manifest_digest(manifest)
-        except ValueError as e:
-            raise EdgePseError(f"{where}: {e}") from None
-        if manifest[DIGEST_KEY] != digest:
-            raise EdgePseError(
-                f"{where}: the manifest does not match its {DIGEST_KEY} (modified or corrupt); re-export the bundle"
-            )
+    if DIGEST_KEY not in manifest:  # mandatory: without it an edited rate or scale would run with exit 0
+        raise EdgePseError(
+            f"{where}: the manifest has no {DIGEST_KEY} (edited by hand, or exported before edge-pse sealed its "
+            "manifests); re-export the bundle with `edge-pse export`"
+        )
+    try:
+        digest = manifest_digest(manifest)
+    except ValueError as e:
+        raise EdgePseError(f"{where}: {e}") from None
+    if manifest[DIGEST_KEY] != digest:
+        raise EdgePseError(
+            f"{where}: the manifest does not match its {DIGEST_KEY} (modified or corrupt); re-export the bundle"
+        )
     return entries

@@ -224,6 +224,20 @@ MUTANTS = (
         "            self.reset()\n",
         ("tests/test_run_bundle.py", "-k", "keep_their_own"),
     ),
+    Mutant(
+        "a manifest without its digest loads",
+        "edge_pse/bundle.py",
+        "    if DIGEST_KEY not in manifest:  # mandatory",
+        "    if False:  # mandatory",
+        ("tests/test_bundle.py", "-k", "unsealed"),
+    ),
+    Mutant(
+        "a backend runs a model file whose shapes are not the manifest's",
+        "edge_pse/runtime/backends/base.py",
+        "        if got != want:\n",
+        "        if False:\n",
+        ("tests/test_bundle.py", "-k", "another_models_files"),
+    ),
 )
 
 

@@ -199,7 +199,7 @@ def test_a_tampered_or_malformed_speaker_projection_is_refused(copy) -> None:
     def replace_with(write, message: str) -> None:
         """Rewrite the projection file and its manifest digest (as a hand edit would), then load."""
         write(copy / PROJECTION)
-        _edit(copy, lambda m: m["speaker"]["projection"].update(sha256=sha256_file(copy / PROJECTION)), unseal=True)
+        _edit(copy, lambda m: m["speaker"]["projection"].update(sha256=sha256_file(copy / PROJECTION)), reseal=True)
         with pytest.raises(EdgePseError, match=message):
             Bundle.load(copy)
 
@@ -239,10 +239,10 @@ def test_a_tampered_or_malformed_speaker_projection_is_refused(copy) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated while refusing it"  # 256 MiB read before
-    _edit(copy, lambda m: m["speaker"]["projection"].update(dim=96), unseal=True)
+    _edit(copy, lambda m: m["speaker"]["projection"].update(dim=96), reseal=True)
     with pytest.raises(EdgePseError, match=r"projection\.dim 96 does not fit the config"):
         Bundle.load(copy)
-    _edit(copy, lambda m: m["speaker"]["projection"].update(path="../p.npz"), unseal=True)
+    _edit(copy, lambda m: m["speaker"]["projection"].update(path="../p.npz"), reseal=True)
     with pytest.raises(EdgePseError, match=r"speaker\.projection needs a path inside the bundle"):
         Bundle.load(copy)
 
@@ -285,13 +285,15 @@ def test_a_schema_2_bundle_without_a_projection_still_runs_on_the_embedding() ->
 # --- every path the manifest names stays inside the bundle (issue 15, D7)
 
 
-def _edit(bundle: Path, edit, unseal: bool = False) -> None:
-    """Edit the manifest in place; `unseal` also drops its digest, as an older (unsealed) manifest would be, so
+def _edit(bundle: Path, edit, reseal: bool = False) -> None:
+    """Edit the manifest in place; `reseal` also recomputes its digest (as whoever edits it by hand can), so
     the schema's own checks are what refuses the edit."""
+    from edge_pse.bundle import seal_manifest
+
     m = json.loads((bundle / "manifest.json").read_text())
     edit(m)
-    if unseal:
-        m.pop("manifest_sha256", None)
+    if reseal:
+        m = seal_manifest(m)
     (bundle / "manifest.json").write_text(json.dumps(m))
 
 
@@ -346,7 +348,7 @@ def _tensor(m: dict, i: int = 0) -> dict:
     ],
 )
 def test_bad_numbers_in_a_manifest_are_refused_with_a_clear_message(copy, edit, message) -> None:
-    _edit(copy, edit, unseal=True)
+    _edit(copy, edit, reseal=True)
     with pytest.raises(EdgePseError, match=re.escape(message)):
         Bundle.load(copy)
 
@@ -383,7 +385,8 @@ def test_a_hand_edited_number_in_a_shipped_manifest_is_refused(shipped, edit) ->
         Bundle.load(shipped)
 
 
-def test_shipped_bundles_are_sealed_and_unsealed_manifests_still_load(onnx_bundle, tmp_path) -> None:
+def test_shipped_bundles_are_sealed_and_an_unsealed_manifest_is_refused(onnx_bundle, tmp_path) -> None:
+    """N13: the digest is mandatory. Deleting it used to let an edited rate run with exit 0."""
     from edge_pse.bundle import manifest_digest, seal_manifest
 
     root = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles"
@@ -392,11 +395,20 @@ def test_shipped_bundles_are_sealed_and_unsealed_manifests_still_load(onnx_bundl
         assert m["manifest_sha256"] == manifest_digest(m)
     m = json.loads((onnx_bundle / "manifest.json").read_text())
     assert m["manifest_sha256"] == manifest_digest(m)  # the exporter seals what it writes
-    unsealed = tmp_path / "unsealed"  # a manifest from before the digest: the schema alone checks it
+    unsealed = tmp_path / "unsealed"
     shutil.copytree(onnx_bundle, unsealed)
     m.pop("manifest_sha256")
+    m.update(sample_rate=8000)
+    m["config"].update(sample_rate=8000)
     (unsealed / "manifest.json").write_text(json.dumps(m))
-    assert "manifest_sha256" not in Bundle.load(unsealed).manifest
+    with pytest.raises(EdgePseError, match=r"has no manifest_sha256 .* re-export the bundle"):
+        Bundle.load(unsealed)
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_pse", "run", "--model", str(unsealed), "--output", str(tmp_path / "o.wav")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2 and "has no manifest_sha256" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o.wav").exists()
     assert seal_manifest(m)["manifest_sha256"].startswith("sha256:")
 
 
@@ -415,3 +427,37 @@ def test_a_hostile_speaker_profile_is_refused_not_a_traceback(tmp_path) -> None:
         bad.write_text(json.dumps(d))
         with pytest.raises(EdgePseError, match="not a valid speaker profile"):
             load_profile(bad)
+
+
+def test_a_resealed_manifest_over_another_models_files_is_refused_when_a_backend_opens_it(shipped) -> None:
+    """N13: the digest proves integrity, not authenticity: a manifest resealed by hand over the small's model files
+    (their sha256 and sizes put in) loads, but every runtime reads the file's own shapes and refuses it."""
+    from edge_pse.bundle import seal_manifest, sha256_file
+    from edge_pse.runtime.backends import open_backend
+
+    src = Path(__file__).resolve().parent.parent / "edge_pse" / "bundles" / "small-int8"
+    m = json.loads((shipped / "manifest.json").read_text())
+    for f in m["files"]:
+        shutil.copy(src / f["path"], shipped / f["path"])
+        f.update(sha256=sha256_file(shipped / f["path"]), bytes=(shipped / f["path"]).stat().st_size)
+    (shipped / "manifest.json").write_text(json.dumps(seal_manifest(m)))
+    bundle = Bundle.load(shipped)
+    for backend in ("onnx", "litert", "executorch"):
+        with pytest.raises(EdgePseError, match=r"the file's own inputs .* are not the manifest's") as err:
+            open_backend(bundle, backend)
+        assert "(1, 704)" in str(err.value), backend  # the manifest's state, beside the file's own
+
+
+def test_a_resealed_manifest_whose_state_disagrees_with_its_config_is_refused(shipped) -> None:
+    """A consistent lie in io (a larger state everywhere) with the digest recomputed: the config implies another."""
+    from edge_pse.bundle import seal_manifest
+
+    m = json.loads((shipped / "manifest.json").read_text())
+    m["io"]["states"][0]["shape"][-1] += 16
+    m["io"]["layout"][-1]["size"] += 16
+    for f in m["files"]:
+        f["io"]["inputs"][2]["shape"][-1] += 16
+        f["io"]["outputs"][1]["shape"][-1] += 16
+    (shipped / "manifest.json").write_text(json.dumps(seal_manifest(m)))
+    with pytest.raises(EdgePseError, match="is not the state the config implies"):
+        Bundle.load(shipped)

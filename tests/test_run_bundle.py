@@ -20,7 +20,7 @@ def make_bundle(out: Path, seed: int = 0) -> Path:
     """Write a verified ONNX fp32 bundle of a random-weight tiny step to `out` (needs torch, the test host)."""
     import torch
 
-    from edge_pse.bundle import SCHEMA, SCHEMA_VERSION, FileEntry, sha256_file
+    from edge_pse.bundle import SCHEMA, SCHEMA_VERSION, FileEntry, seal_manifest, sha256_file
     from edge_pse.exporters.common import float_file_io
     from edge_pse.exporters.onnx import export_float
     from edge_pse.model.config import get_preset, state_spec
@@ -54,7 +54,7 @@ def make_bundle(out: Path, seed: int = 0) -> Path:
         "files": [entry.to_dict()],
         "tolerance": {"fp32_min_snr_db": 60.0},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (out / "manifest.json").write_text(json.dumps(seal_manifest(manifest), indent=2))
     return out
 
 

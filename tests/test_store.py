@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_pse.bundle import MANIFEST, PROJECTION, sha256_file
+from edge_pse.bundle import MANIFEST, PROJECTION, seal_manifest, sha256_file
 from edge_pse.errors import EdgePseError
 from firmware_host.store import Store
 
@@ -28,10 +28,9 @@ def small_bundle(tmp_path_factory) -> Path:
     m = json.loads((SHIPPED / MANIFEST).read_text())
     m["files"] = [f for f in m["files"] if f["format"] == "onnx"]
     m.pop("reference")
-    m.pop("manifest_sha256", None)  # edited here, so unsealed (a legacy manifest: loads on its schema alone)
     shutil.copy(SHIPPED / "model.onnx", out / "model.onnx")
     shutil.copy(SHIPPED / PROJECTION, out / PROJECTION)
-    (out / MANIFEST).write_text(json.dumps(m, indent=2))
+    (out / MANIFEST).write_text(json.dumps(seal_manifest(m), indent=2))  # edited here, so sealed again
     return out
 
 
@@ -104,7 +103,7 @@ def test_rollback_swaps_current_and_previous_back_and_forth(small_bundle, tmp_pa
     shutil.copytree(small_bundle, other)
     m = json.loads((other / MANIFEST).read_text())
     m["notes"] = "the other bundle"
-    (other / MANIFEST).write_text(json.dumps(m, indent=2))
+    (other / MANIFEST).write_text(json.dumps(seal_manifest(m), indent=2))
     store = Store(tmp_path / "agent")
     first, second = deploy(store, small_bundle, "first"), deploy(store, other, "second")
     assert (store.current, store.previous) == (second, first)

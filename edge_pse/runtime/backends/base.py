@@ -32,6 +32,18 @@ class Backend(ABC):
         self._lock = threading.Lock()  # streams of this model take turns, one hop at a time
         self._active: Stream | None = None  # the stream whose speaker and state the model holds now
 
+    def _check_file_shapes(self, inputs: list, outputs: list) -> None:
+        """The shapes the runtime reads from the model file itself must be the manifest's: a manifest whose hop,
+        speaker or state was edited (and resealed) to disagree with its file is refused before a hop runs."""
+        io = self.entry.io
+        want = [tuple(t.shape) for t in io.inputs], [tuple(t.shape) for t in io.outputs]
+        got = [tuple(int(d) for d in s) for s in inputs], [tuple(int(d) for d in s) for s in outputs]
+        if got != want:
+            raise EdgePseError(
+                f"{self.entry.path}: the file's own inputs {got[0]} and outputs {got[1]} are not the manifest's "
+                f"{want[0]} and {want[1]}: the manifest was edited or belongs to another file; re-export the bundle"
+            )
+
     def check_embedding(self, emb: np.ndarray) -> np.ndarray:
         emb = np.asarray(emb, dtype=np.float32).reshape(-1)
         if emb.size != self.spk_dim or not np.all(np.isfinite(emb)):

@@ -45,6 +45,11 @@ class ExecuTorchBackend(Backend):
             self._method = program.load_method("forward")
         except Exception as e:  # the runtime raises RuntimeError/ValueError variants for bad programs
             raise EdgePseError(f"ExecuTorch cannot load {entry.path}: {e}") from None
+        meta = self._method.metadata
+        self._check_file_shapes(
+            [meta.input_tensor_meta(i).sizes() for i in range(meta.num_inputs())],
+            [meta.output_tensor_meta(i).sizes() for i in range(meta.num_outputs())],
+        )
         self._torch = torch
         self._inputs = [torch.zeros(t.shape) for t in entry.io.inputs]
         self._hop = self._inputs[0]

@@ -40,6 +40,8 @@ class LiteRTBackend(Backend):
         self._in_idx = [sig["inputs"][f"args_{k}"] for k in range(len(ins))]
         self._out_idx = [sig["outputs"][f"output_{k}"] for k in range(len(outs))]
         self._in_io, self._out_io = ins, outs
+        details = {d["index"]: d["shape"] for d in self._it.get_input_details() + self._it.get_output_details()}
+        self._check_file_shapes([details[i] for i in self._in_idx], [details[i] for i in self._out_idx])
         self._hop_buf = np.zeros(ins[0].shape, dtype=np.dtype(ins[0].dtype))
         self._spk_buf = np.zeros(ins[1].shape, dtype=np.dtype(ins[1].dtype))
         self._out = np.zeros(self.hop_size, np.float32)

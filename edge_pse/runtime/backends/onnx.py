@@ -28,6 +28,7 @@ class OnnxBackend(Backend):
             )
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise EdgePseError(f"ONNX Runtime cannot load {entry.path}: {e}") from None
+        self._check_file_shapes([i.shape for i in self._sess.get_inputs()], [o.shape for o in self._sess.get_outputs()])
         self._in_names = [t.name for t in entry.io.inputs]
         self._out_names = [t.name for t in entry.io.outputs]
         self._feeds = {t.name: np.zeros(t.shape, np.float32) for t in entry.io.inputs}
