@@ -6,10 +6,12 @@ exactly where it was: the agent keeps each session's model state, the number of 
 and its last RESUME_WINDOW output hops (docs/protocol.md).
 
 Admission (`Gate`): a login must finish within HANDSHAKE_TIMEOUT_S in all (a monotonic deadline, not per
-recv), logins in progress have their own small pool with a per-address cap (a full pool drops the oldest
-login of the address holding the most for a newcomer), logged-in connections have theirs, and an address
-with too many failed logins is refused for a while. So a peer without the token can hold at most a few slots,
-briefly, and never the ones a host with the token needs.
+recv); logins in progress have their own pool with a per-address share, and a newcomer is never refused for
+want of room: it evicts the oldest login of its own address when that address holds its share, else the
+oldest of the address holding the most (the evicted login is told why). Logged-in connections have their own
+pool. A correct token is never refused; wrong ones are answered later and later (`failure_delay`). So a peer
+without the token, even one on the host's own address (an SSH tunnel, NAT), only delays a login that
+finishes within its round trip.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 import os
 import re
 import secrets
+import selectors
 import socket
 import subprocess
 import sys
@@ -49,10 +52,12 @@ IDLE_TIMEOUT_S = 120.0  # a connection silent this long is closed (its stream se
 SESSION_TTL_S = 60.0  # the resume window: a session whose connection dropped is kept this long, then freed
 MAX_SESSIONS = 8
 MAX_CONNECTIONS = 32  # logged-in connections
-MAX_PENDING = 16  # connections still logging in: a pool of their own
-MAX_PENDING_PER_ADDRESS = 4
-MAX_FAILED_LOGINS = 5  # per address within FAILED_LOGIN_WINDOW_S; more and the address is refused until they age
+MAX_PENDING = 128  # connections still logging in: a pool of their own (a socket and at most 4 KiB each)
+MAX_PENDING_PER_ADDRESS = 64  # an address holding this many has its oldest evicted for its newcomer
+LISTEN_BACKLOG = 512  # the kernel's queue before accept (capped by net.core.somaxconn): a full one drops SYNs
+MAX_FAILED_LOGINS = 5  # per address within FAILED_LOGIN_WINDOW_S; past them wrong tokens are answered later
 FAILED_LOGIN_WINDOW_S = 60.0
+FAILURE_DELAY_S = (0.25, 4.0)  # the first delayed failure's wait, doubling per failure up to the second
 MAX_TRACKED_ADDRESSES = 4096
 RESUME_WINDOW = 512  # output hops kept per session for a resumed stream (5.12 s of audio)
 MAX_THREADS = 64
@@ -116,6 +121,19 @@ def address_key(host: str) -> str:
 
 
 @dataclass
+class _Login:
+    """A login in progress, read by the selector: the HELLO's nonce, and the AUTH frame as it comes."""
+
+    conn: socket.socket
+    key: str
+    ticket: int
+    nonce: str
+    deadline: float
+    buf: bytearray = field(default_factory=bytearray)
+    need: int = P.HEADER.size
+
+
+@dataclass
 class _Pending:
     sock: socket.socket
     key: str
@@ -128,27 +146,34 @@ class Gate:
     def __init__(self, max_pending: int, per_address: int, max_connections: int) -> None:
         self.max_pending, self.per_address, self.max_connections = max_pending, per_address, max_connections
         self._lock = threading.Lock()
+        self._gone = threading.Condition(self._lock)  # notified when a login leaves the pool (evicted)
         self._pending: dict[int, _Pending] = {}  # ticket -> login in progress; tickets grow with time
         self._tickets = itertools.count()
         self._connections = 0
         self._failures: dict[str, deque[float]] = {}
 
-    def admit(self, sock: socket.socket, key: str) -> tuple[int | None, str | None, socket.socket | None]:
-        """(ticket, None, evicted) for a connection that may log in, or (None, why not, None). When the pool is
-        full, a login is evicted for this one: the oldest of the address holding the most. So a crowd of slow
-        logins cannot starve a fast one from an address of its own."""
+    def admit(self, sock: socket.socket, key: str) -> tuple[int, socket.socket | None]:
+        """(ticket, evicted): every connection may start a login. One is evicted for it when its address holds
+        its share (that address's oldest) or the pool is full (the oldest of the address holding the most).
+        So a crowd of slow logins, even from the host's own address, delays a fast login by at most its own
+        round trip: the newcomer is the last of its address to go."""
         with self._lock:
-            wait = self._blocked_for(key)
-            if wait > 0:
-                return None, f"too many failed logins from {key}; try again in {math.ceil(wait)} s", None
-            if sum(p.key == key for p in self._pending.values()) >= self.per_address:
-                return None, f"too many connections from {key} still logging in (at most {self.per_address})", None
             evicted = None
-            if len(self._pending) >= self.max_pending:
+            mine = [t for t, p in self._pending.items() if p.key == key]
+            if len(mine) >= self.per_address:
+                evicted = self._pending.pop(min(mine)).sock
+            elif len(self._pending) >= self.max_pending:
                 evicted = self._pending.pop(self._victim()).sock
+            if evicted is not None:
+                self._gone.notify_all()
             ticket = next(self._tickets)
             self._pending[ticket] = _Pending(sock, key)
-            return ticket, None, evicted
+            return ticket, evicted
+
+    def hold(self, ticket: int, seconds: float) -> None:
+        """Wait `seconds`, or less if this login is evicted meanwhile (its thread then ends at once)."""
+        with self._gone:
+            self._gone.wait_for(lambda: ticket not in self._pending, timeout=seconds)
 
     def _victim(self) -> int:
         """The ticket to evict: the oldest login of the address with the most logins in progress."""
@@ -158,7 +183,10 @@ class Gate:
     def evict(self) -> socket.socket | None:
         """Drop one login in progress (to free a descriptor when accept() runs out of them)."""
         with self._lock:
-            return self._pending.pop(self._victim()).sock if self._pending else None
+            if not self._pending:
+                return None
+            self._gone.notify_all()
+            return self._pending.pop(self._victim()).sock
 
     def logged_in(self, ticket: int) -> str | None:
         """Move a login to the logged-in pool; the reason it cannot (evicted, pool full), or None."""
@@ -188,20 +216,15 @@ class Gate:
             self._prune(now)
             return len(q)
 
-    def blocked_for(self, key: str) -> float:
-        with self._lock:
-            return self._blocked_for(key)
-
-    def _blocked_for(self, key: str) -> float:
-        q = self._failures.get(key)
-        if not q:
+    @staticmethod
+    def failure_delay(failures: int) -> float:
+        """How long a wrong token's answer waits, given the address's failures in the window (this one included):
+        none for the first MAX_FAILED_LOGINS, then FAILURE_DELAY_S[0] doubling up to FAILURE_DELAY_S[1]. A
+        guesser is slowed; a host on the same address with the right token is never refused or delayed."""
+        if failures <= MAX_FAILED_LOGINS:
             return 0.0
-        now = time.monotonic()
-        while q and q[0] < now - FAILED_LOGIN_WINDOW_S:
-            q.popleft()
-        if len(q) < MAX_FAILED_LOGINS:
-            return 0.0
-        return q[-MAX_FAILED_LOGINS] + FAILED_LOGIN_WINDOW_S - now
+        first, most = FAILURE_DELAY_S
+        return min(most, first * 2.0 ** min(failures - MAX_FAILED_LOGINS - 1, 16))
 
     def _prune(self, now: float) -> None:
         """Bound the failure table: forget addresses whose failures aged out, then the least recent ones."""
@@ -259,15 +282,21 @@ def _check_threads(backend: str) -> int:
     return 1
 
 
-def _refuse(sock: socket.socket, code: str, message: str) -> None:
-    """Tell a connection we do not serve why (one ERROR frame, never blocking the accept loop), then close it."""
+def _evict(sock: socket.socket, message: str) -> None:
+    """Tell a login in progress why it is dropped (one ERROR frame, never blocking), then wake its thread."""
     try:
-        sock.setblocking(False)
-        sock.send(P.encode_json(T.ERROR, {"code": code, "message": message}))
+        sock.send(P.encode_json(T.ERROR, {"code": "busy", "message": message}), socket.MSG_DONTWAIT)
     except OSError:
         pass
-    finally:
-        sock.close()
+    _shutdown(sock)
+
+
+def _refuse_now(sock: socket.socket, code: str, message: str) -> None:
+    """One ERROR frame to a peer the agent is about to drop, never blocking (the caller closes it)."""
+    try:
+        sock.send(P.encode_json(T.ERROR, {"code": code, "message": message}), socket.MSG_DONTWAIT)
+    except OSError:
+        pass
 
 
 class Agent:
@@ -296,52 +325,131 @@ class Agent:
         # quantization) -> Backend. A deploy empties it; sessions on the old bundle keep their model alive
         self._models: OrderedDict[tuple, object] = OrderedDict()
         self._model_loads = 0
-        self._sock = socket.create_server((host, port), reuse_port=False)
+        self._sock = socket.create_server((host, port), reuse_port=False, backlog=LISTEN_BACKLOG)
         self._stop = threading.Event()
         self.address = self._sock.getsockname()[:2]
 
     # --- serving
 
     def serve_forever(self) -> None:
-        """Accept until `close()`. A failing accept() (no descriptors left, no memory) is logged and retried
-        with back-off; only a listening socket that cannot work any more ends it, with an EdgePseError."""
-        self._sock.settimeout(0.5)
-        backoff = 0.0
-        while not self._stop.is_set():
+        """Accept until `close()`. One thread runs every login in progress with a selector (HELLO out, the AUTH
+        frame in, a socket and at most 4 KiB each, no thread), so accepting stays cheap under a connection flood
+        and the pool can be large; a complete AUTH gets a thread of its own. A failing accept() (no descriptors
+        left, no memory) is logged and retried with back-off; only a listening socket that cannot work any more
+        ends it, with an EdgePseError."""
+        sel = selectors.DefaultSelector()
+        self._sock.setblocking(False)
+        sel.register(self._sock, selectors.EVENT_READ, None)
+        logins: dict[socket.socket, _Login] = {}
+        backoff, next_expiry = 0.0, time.monotonic() + 0.5
+        try:
+            while not self._stop.is_set():
+                soonest = min((lg.deadline for lg in logins.values()), default=next_expiry)
+                wait = backoff or max(0.0, min(soonest, next_expiry) - time.monotonic())
+                for key, _ in sel.select(wait):
+                    if key.data is None:
+                        backoff = self._accept_some(sel, logins, backoff)
+                    else:
+                        self._read_login(sel, logins, key.data)
+                now = time.monotonic()
+                for lg in [lg for lg in logins.values() if lg.deadline <= now]:  # the whole login's deadline
+                    self._drop_login(sel, logins, lg.conn)
+                    self.gate.release(lg.ticket, False)
+                if now >= next_expiry:
+                    self._expire_sessions()
+                    next_expiry = now + 0.5
+        finally:
+            for conn in list(logins):
+                self._drop_login(sel, logins, conn)
+            sel.close()
+
+    def _accept_some(self, sel, logins: dict, backoff: float) -> float:
+        """Accept what is queued (up to 64 at a time, so reading logins is not starved); the new back-off."""
+        for _ in range(64):
             try:
                 conn, peer = self._sock.accept()
-            except TimeoutError:
-                self._expire_sessions()
-                continue
+            except BlockingIOError:
+                return 0.0
             except OSError as e:
                 if self._stop.is_set():
-                    break
+                    return 0.0
                 if e.errno not in TRANSIENT_ACCEPT_ERRORS:
                     log.critical("cannot accept connections any more (%s): stopping", e)
                     raise EdgePseError(f"the agent stopped: accepting a connection failed ({e})") from None
                 backoff = min(max(2 * backoff, 0.05), 1.0)
                 if e.errno in (errno.EMFILE, errno.ENFILE) and (old := self.gate.evict()) is not None:
-                    _shutdown(old)  # its thread closes it: one descriptor back
+                    self._evicted(sel, logins, old, "login dropped: the device ran out of descriptors")
                 log.error("accepting a connection failed (%s); still serving, retrying in %.2f s", e, backoff)
-                self._stop.wait(backoff)
+                return backoff
+            key = address_key(peer[0])
+            ticket, evicted = self.gate.admit(conn, key)
+            if evicted is not None:
+                why = f"login dropped for a newer connection: too many logins in progress (from {key} or all)"
+                self._evicted(sel, logins, evicted, why)
+            nonce = P.new_nonce()
+            try:
+                conn.setblocking(False)
+                conn.send(P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce}))
+            except OSError:
+                conn.close()
+                self.gate.release(ticket, False)
                 continue
-            backoff = 0.0
-            self._admit(conn, peer)
+            lg = _Login(conn, key, ticket, nonce, time.monotonic() + self.handshake_timeout)
+            logins[conn] = lg
+            sel.register(conn, selectors.EVENT_READ, lg)
+        return 0.0
 
-    def _admit(self, conn: socket.socket, peer) -> None:
-        key = address_key(peer[0])
-        ticket, refusal, evicted = self.gate.admit(conn, key)
-        if evicted is not None:
-            _shutdown(evicted)
-        if ticket is None:
-            _refuse(conn, "busy", refusal or "refused")
-            return
+    def _evicted(self, sel, logins: dict, conn: socket.socket, why: str) -> None:
+        """Tell an evicted login why; the selector closes what it owns, a login thread closes its own."""
+        _evict(conn, why)
+        if conn in logins:
+            self._drop_login(sel, logins, conn)
+
+    @staticmethod
+    def _drop_login(sel, logins: dict, conn: socket.socket) -> None:
+        logins.pop(conn, None)
         try:
-            threading.Thread(target=self._serve_conn, args=(conn, key, ticket), daemon=True).start()
+            sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    def _read_login(self, sel, logins: dict, lg: _Login) -> None:
+        """Read what has come of the AUTH frame; a frame of another type is refused from its header (not
+        counted as a failed login: not our protocol at all). A complete AUTH goes to a thread of its own."""
+        try:
+            data = lg.conn.recv(lg.need - len(lg.buf))
+            if not data:
+                raise ConnectionError("closed")
+            lg.buf += data
+            if len(lg.buf) == P.HEADER.size:
+                t, length = P.parse_header(bytes(lg.buf))
+                if t != T.AUTH:
+                    raise P.ProtocolError(f"expected AUTH, got {t.name}")
+                lg.need += length
+        except P.ProtocolError as e:
+            _refuse_now(lg.conn, "protocol", str(e))
+            self._drop_login(sel, logins, lg.conn)
+            self.gate.release(lg.ticket, False)
+            return
+        except (BlockingIOError, InterruptedError):
+            return
+        except (ConnectionError, OSError):
+            self._drop_login(sel, logins, lg.conn)
+            self.gate.release(lg.ticket, False)
+            return
+        if len(lg.buf) < lg.need:
+            return
+        logins.pop(lg.conn)
+        sel.unregister(lg.conn)
+        auth = P.Frame(T.AUTH, bytes(lg.buf[P.HEADER.size :]))
+        try:
+            threading.Thread(target=self._serve_conn, args=(lg, auth), daemon=True).start()
         except RuntimeError as e:  # no thread left to serve it
-            self.gate.release(ticket, False)
+            self.gate.release(lg.ticket, False)
             log.error("cannot start a connection thread (%s)", e)
-            _refuse(conn, "busy", "agent busy: cannot serve another connection now")
+            _refuse_now(lg.conn, "busy", "agent busy: cannot serve another connection now")
+            lg.conn.close()
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, daemon=True)
@@ -352,12 +460,14 @@ class Agent:
         self._stop.set()
         self._sock.close()
 
-    def _serve_conn(self, conn: socket.socket, key: str, ticket: int) -> None:
-        handler = _Connection(self, conn, key, ticket)
+    def _serve_conn(self, lg: _Login, auth: P.Frame) -> None:
+        conn, ticket = lg.conn, lg.ticket
+        handler = _Connection(self, conn, lg.key, ticket)
         broken = False
         try:
+            conn.setblocking(True)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if handler.authenticate(time.monotonic() + self.handshake_timeout):
+            if handler.authenticate(lg.deadline, lg.nonce, auth):
                 conn.settimeout(IDLE_TIMEOUT_S)
                 handler.loop()
         except P.ProtocolError as e:
@@ -620,13 +730,10 @@ class _Connection:
         except OSError:
             pass
 
-    def authenticate(self, deadline: float) -> bool:
-        """The login, all of it before `deadline` (monotonic). Failed logins are logged and counted per address;
-        an address over the limit is refused before its proof is even checked."""
+    def authenticate(self, deadline: float, nonce: str, msg: P.Frame) -> bool:
+        """Check the AUTH frame the login front read for our HELLO's `nonce`. Failed logins are logged and counted
+        per address, and past MAX_FAILED_LOGINS answered later (within `deadline`); a right token never waits."""
         gate = self.agent.gate
-        nonce = P.new_nonce()
-        P.send(self.conn, P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce}))
-        msg = P.recv_frame(self.conn, deadline, only=T.AUTH)  # not our protocol at all: refused, not counted
         try:
             auth = msg.json()
             client_nonce = auth.get("nonce")
@@ -636,15 +743,15 @@ class _Connection:
             n = gate.failed_login(self.key)
             log.warning("failed login from %s: %s (%d in the last %g s)", self.key, e, n, FAILED_LOGIN_WINDOW_S)
             raise
-        wait = gate.blocked_for(self.key)
-        if wait > 0:
-            self.send_error("auth", f"too many failed logins from {self.key}; try again in {math.ceil(wait)} s")
-            return False
         if not P.check_mac(P.auth_mac(self.agent.token, b"client", nonce, client_nonce), auth.get("mac")):
             n = gate.failed_login(self.key)
-            log.warning("failed login from %s: wrong token (%d in the last %g s)", self.key, n, FAILED_LOGIN_WINDOW_S)
-            if n >= MAX_FAILED_LOGINS:
-                log.warning("refusing %s for up to %g s after %d failed logins", self.key, FAILED_LOGIN_WINDOW_S, n)
+            delay = gate.failure_delay(n)
+            log.warning(
+                "failed login from %s: wrong token (%d in the last %g s)%s", self.key, n, FAILED_LOGIN_WINDOW_S,
+                f"; answered after {delay:g} s" if delay else "",
+            )  # fmt: skip
+            if delay:  # within the login's deadline; an eviction for a newcomer ends it early
+                gate.hold(self.ticket, max(0.0, min(delay, deadline - time.monotonic())))
             self.send_error("auth", "authentication failed: wrong token")
             return False
         refusal = gate.logged_in(self.ticket)

@@ -238,6 +238,20 @@ MUTANTS = (
         "        if False:\n",
         ("tests/test_bundle.py", "-k", "another_models_files"),
     ),
+    Mutant(
+        "an address over its share loses its newest login, not its oldest",
+        "firmware_host/agent.py",
+        "                evicted = self._pending.pop(min(mine)).sock\n",
+        "                evicted = self._pending.pop(max(mine)).sock\n",
+        ("tests/test_hostile.py", "-k", "over_its_share"),
+    ),
+    Mutant(
+        "wrong tokens are answered at once however many came before",
+        "firmware_host/agent.py",
+        "        return min(most, first * 2.0 ** min(failures - MAX_FAILED_LOGINS - 1, 16))\n",
+        "        return 0.0\n",
+        ("tests/test_hostile.py", "-k", "failed_logins"),
+    ),
 )
 
 

@@ -49,11 +49,13 @@ def connect_from(port: int, source: str, timeout: float = 5.0) -> socket.socket:
     return s
 
 
-def login(port: int, token: bytes, source: str) -> str:
-    """One raw login from `source`: 'ok', or the message of the agent's ERROR frame."""
+def login(port: int, token: bytes, source: str, rtt: float = 0.0) -> str:
+    """One raw login from `source`: 'ok', or the message of the agent's ERROR frame. `rtt`: seconds between
+    HELLO and AUTH, as a host across a link with that round trip would take."""
     with connect_from(port, source) as s:
         try:
             hello = P.expect(P.recv_frame(s), T.HELLO).json()
+            time.sleep(rtt)
             nonce = P.new_nonce()
             P.send(
                 s, P.encode_json(T.AUTH, {"nonce": nonce, "mac": P.auth_mac(token, b"client", hello["nonce"], nonce)})
@@ -103,25 +105,85 @@ class Drippers:
 # --- D1: an unauthenticated peer cannot lock out the hosts that hold the token
 
 
-@pytest.mark.parametrize("addresses", [1, 10], ids=["one-address", "ten-addresses"])
-def test_a_legitimate_client_is_served_while_40_connections_drip_a_login(agent, addresses: int) -> None:
-    sources = [f"127.0.0.{2 + i}" for i in range(addresses)]
-    drip = Drippers(agent.address[1], sources, per_address=40 // addresses)
+@pytest.mark.parametrize(
+    "sources",
+    [["127.0.0.1"], ["127.0.0.2"], [f"127.0.0.{2 + i}" for i in range(10)]],
+    ids=["the-hosts-own-address", "one-other-address", "ten-addresses"],
+)
+def test_a_legitimate_client_is_served_while_40_connections_drip_a_login(agent, sources: list[str]) -> None:
+    """D1: 40 dripping logins, also from 127.0.0.1 itself (what an SSH tunnel or NAT shares with the host)."""
+    drip = Drippers(agent.address[1], sources, per_address=40 // len(sources))
     try:
         time.sleep(1.0)  # let them take every slot they can
-        latencies = []
-        for _ in range(10):
+        latencies, failures = [], []
+        for _ in range(20):
             t0 = time.perf_counter()
-            with client.Link(target(agent), TOKEN, timeout=5.0) as link:
-                latencies.append(time.perf_counter() - t0)
-                assert link.request("status")["protocol"] == P.VERSION
+            try:
+                with client.Link(target(agent), TOKEN, timeout=5.0) as link:
+                    latencies.append(time.perf_counter() - t0)
+                    assert link.request("status")["protocol"] == P.VERSION
+            except EdgePseError as e:
+                failures.append(str(e))
     finally:
         drip.close()
+    p95 = float(np.percentile(latencies, 95)) if latencies else float("inf")
     print(
-        f"\nD1 {addresses} hostile address(es), 40 dripping connections ({drip.connects} connects): login "
-        f"p50 {1e3 * float(np.median(latencies)):.1f} ms, max {1e3 * max(latencies):.1f} ms"
+        f"\nD1 {len(sources)} hostile address(es) {sources[0]}..., 40 dripping connections ({drip.connects} connects): "
+        f"{len(latencies)}/20 logins, p50 {1e3 * float(np.median(latencies)):.1f} ms, p95 {1e3 * p95:.1f} ms"
     )
-    assert drip.connects >= 40 and max(latencies) < 2.0
+    assert drip.connects >= 40 and len(latencies) >= 19 and p95 < 1.0, failures
+
+
+CHURN_SCRIPT = """
+import socket, sys, threading, time
+port, per_address, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+addresses = sys.argv[4:]
+stop, connects = time.monotonic() + seconds, [0]
+
+def run(source):
+    while time.monotonic() < stop:
+        try:
+            with socket.socket() as s:
+                s.settimeout(1.0)
+                s.bind((source, 0))
+                s.connect(("127.0.0.1", port))
+                connects[0] += 1
+                while s.recv(4096) and time.monotonic() < stop:  # HELLO, then nothing until dropped
+                    pass
+        except OSError:
+            pass
+
+threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in addresses for _ in range(per_address)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(connects[0])
+"""
+
+
+def test_a_host_100_ms_away_logs_in_while_64_addresses_churn_silent_connections(agent) -> None:
+    """N4: 256 silent sockets from 64 loopback addresses (another process, as an attacker is), each reconnecting
+    as soon as it is dropped, so the pool of logins in progress stays full and evicts all the time; a host whose
+    AUTH comes 100 ms after HELLO (a 100 ms round trip) still gets in."""
+    addresses = [f"127.0.1.{1 + i}" for i in range(64)]
+    churn = subprocess.Popen(
+        [sys.executable, "-c", CHURN_SCRIPT, str(agent.address[1]), "4", "12", *addresses],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)
+        answers, latencies = [], []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            answers.append(login(agent.address[1], TOKEN, "127.0.0.1", rtt=0.1))
+            latencies.append(time.perf_counter() - t0)
+        out, _ = churn.communicate(timeout=30)
+    finally:
+        churn.kill()
+    p95 = float(np.percentile(latencies, 95))
+    print(f"\nN4 churn {int(out) / 12:.0f} connections/s: {answers.count('ok')}/20 logins, p95 {1e3 * p95:.0f} ms")
+    assert int(out) > 1000 and answers.count("ok") >= 19 and p95 < 1.0, answers
 
 
 def test_the_whole_login_has_one_deadline(agent) -> None:
@@ -149,18 +211,30 @@ def test_the_whole_login_has_one_deadline(agent) -> None:
     assert closed_after is not None and closed_after < 7.5, "the dripping login was never dropped"
 
 
-def test_one_address_cannot_hold_more_than_its_share_and_is_told_so(agent) -> None:
-    held = [connect_from(agent.address[1], "127.0.0.2") for _ in range(4)]
+def test_an_address_over_its_share_loses_its_oldest_login_which_is_told_why(tmp_path) -> None:
+    """A newcomer is never refused for want of room: the oldest login of its own address goes, with a reason,
+    and the host behind that address still logs in."""
+    from firmware_host.agent import Agent
+
+    a = Agent(tmp_path / "agent", TOKEN, max_pending_per_address=4)
+    a.start()
+    held = [connect_from(a.address[1], "127.0.0.2") for _ in range(4)]
     try:
         for s in held:
             P.expect(P.recv_frame(s), T.HELLO)
-        with connect_from(agent.address[1], "127.0.0.2") as fifth:
-            with pytest.raises(P.RemoteError, match=r"too many connections from 127\.0\.0\.2 still logging in"):
-                P.expect(P.recv_frame(fifth), T.HELLO)
-        assert login(agent.address[1], TOKEN, "127.0.0.3") == "ok"
+        with connect_from(a.address[1], "127.0.0.2") as fifth:
+            P.expect(P.recv_frame(fifth), T.HELLO)
+            with pytest.raises(P.RemoteError, match="login dropped for a newer connection") as err:
+                P.expect(P.recv_frame(held[0]), T.HELLO)
+            assert err.value.code == "busy"
+        assert login(a.address[1], TOKEN, "127.0.0.2") == "ok"
+        held[1].settimeout(0.3)  # the others were not touched
+        with pytest.raises(TimeoutError):
+            held[1].recv(1)
     finally:
         for s in held:
             s.close()
+        a.close()
 
 
 # --- D3: stream sessions are freed on close, error, interrupt and (after the resume window) disconnect
@@ -415,15 +489,23 @@ def _status_ok(t: str) -> bool:
 # --- D11: failed logins are limited and logged per address
 
 
-def test_failed_logins_are_rate_limited_and_logged_per_address(agent, caplog) -> None:
+def test_failed_logins_are_slowed_and_logged_and_never_lock_out_the_token(agent, caplog) -> None:
+    """N5: five wrong logins used to lock the address out for a minute, the host behind it too. Now wrong
+    tokens past the fifth are answered later and later, and the right token from that address gets in at once."""
     caplog.set_level(logging.WARNING, logger="edge_pse.agent")
     port = agent.address[1]
-    answers = [login(port, b"guessed-token-0123456789", "127.0.0.3") for _ in range(20)]
-    assert answers.count("authentication failed: wrong token") == 5, answers
-    assert all("too many failed logins from 127.0.0.3" in a for a in answers[5:]), answers
+    timed = []
+    for _ in range(8):
+        t0 = time.perf_counter()
+        timed.append((login(port, b"guessed-token-0123456789", "127.0.0.3"), time.perf_counter() - t0))
+    assert all(a == "authentication failed: wrong token" for a, _ in timed), timed
+    waits = [t for _, t in timed]
+    assert max(waits[:5]) < 0.2 and waits[5] >= 0.2 and waits[6] >= 0.45 and waits[7] >= 0.9, waits
+    t0 = time.perf_counter()
+    assert login(port, TOKEN, "127.0.0.3") == "ok" and time.perf_counter() - t0 < 0.2
     warned = [r.getMessage() for r in caplog.records if "127.0.0.3" in r.getMessage()]
-    assert any("failed login from 127.0.0.3" in m for m in warned) and any("refusing 127.0.0.3" in m for m in warned)
-    assert login(port, TOKEN, "127.0.0.1") == "ok"  # another address is not affected
+    assert sum("failed login from 127.0.0.3" in m for m in warned) == 8
+    assert any("answered after 1 s" in m for m in warned)
 
 
 def test_weak_tokens_are_refused_and_a_readable_token_file_is_warned_about(tmp_path, caplog) -> None:
