@@ -16,6 +16,7 @@ finishes within its round trip.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import itertools
@@ -313,8 +314,10 @@ class Agent:
         max_connections: int = MAX_CONNECTIONS,
         max_sessions: int = MAX_SESSIONS,
         session_ttl: float = SESSION_TTL_S,
+        listen: bool = True,
     ) -> None:
-        self.store = Store(root)
+        """`listen=False`: no socket of its own; `serve_one` serves a connection handed to it (--stdio)."""
+        self.store = Store(root, shared=not listen)
         self.token = token
         self.sessions: dict[str, StreamSession] = {}
         self.handshake_timeout, self.max_sessions, self.session_ttl = handshake_timeout, max_sessions, session_ttl
@@ -325,9 +328,9 @@ class Agent:
         # quantization) -> Backend. A deploy empties it; sessions on the old bundle keep their model alive
         self._models: OrderedDict[tuple, object] = OrderedDict()
         self._model_loads = 0
-        self._sock = socket.create_server((host, port), reuse_port=False, backlog=LISTEN_BACKLOG)
+        self._sock = socket.create_server((host, port), reuse_port=False, backlog=LISTEN_BACKLOG) if listen else None
         self._stop = threading.Event()
-        self.address = self._sock.getsockname()[:2]
+        self.address = self._sock.getsockname()[:2] if self._sock is not None else None
 
     # --- serving
 
@@ -458,7 +461,26 @@ class Agent:
 
     def close(self) -> None:
         self._stop.set()
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
+
+    def serve_one(self, conn: socket.socket, key: str) -> None:
+        """Serve one connection from its login to its end, in this thread (`edge-pse agent --stdio`: the other end
+        of an SSH session, which authenticated the user; the login runs as over TCP, with the link's token)."""
+        ticket, _ = self.gate.admit(conn, key)
+        nonce = P.new_nonce()
+        deadline = time.monotonic() + self.handshake_timeout
+        try:
+            P.send(conn, P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce}))
+            auth = P.recv_frame(conn, deadline, only=T.AUTH)
+        except P.ProtocolError as e:
+            _refuse_now(conn, "protocol", str(e))
+            self.gate.release(ticket, False)
+            return
+        except (ConnectionError, TimeoutError, OSError):
+            self.gate.release(ticket, False)
+            return
+        self._serve_conn(_Login(conn, key, ticket, nonce, deadline), auth)
 
     def _serve_conn(self, lg: _Login, auth: P.Frame) -> None:
         conn, ticket = lg.conn, lg.ticket
@@ -466,7 +488,8 @@ class Agent:
         broken = False
         try:
             conn.setblocking(True)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if conn.family != socket.AF_UNIX:  # --stdio hands over one end of a socket pair
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if handler.authenticate(lg.deadline, lg.nonce, auth):
                 conn.settimeout(IDLE_TIMEOUT_S)
                 handler.loop()
@@ -926,6 +949,51 @@ class _Connection:
             if mine and free:
                 self.agent.close_session(s.id)
         self.session = None
+
+
+def serve_stdio(root: str | Path) -> None:
+    """`edge-pse agent --stdio`: one link on stdin/stdout, as an SSH session runs it (firmware_host/ssh.py).
+
+    The frames own the real stdout; fd 1 is pointed at stderr so that nothing else (a runtime's own prints)
+    can corrupt them. Returns when the host closes the link (or stdin ends)."""
+    from firmware_host.ssh import SSH_LINK_TOKEN
+
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(1, "w", closefd=False)
+    near, far = socket.socketpair()
+
+    def from_host() -> None:
+        try:
+            while data := os.read(0, 1 << 16):
+                far.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                far.shutdown(socket.SHUT_WR)
+
+    def to_host() -> None:
+        try:
+            while data := far.recv(1 << 16):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out_fd, view) :]
+        except OSError:
+            pass
+        finally:
+            os.close(out_fd)
+
+    pumps = [threading.Thread(target=from_host, daemon=True), threading.Thread(target=to_host, daemon=True)]
+    for t in pumps:
+        t.start()
+    agent = Agent(root, SSH_LINK_TOKEN, listen=False)
+    try:
+        agent.serve_one(near, "ssh")
+    finally:
+        near.close()
+        pumps[1].join(timeout=5)  # what the handler sent reaches the host before the process ends
+        agent.close()
 
 
 def serve(root: str | Path, token: bytes, host: str, port: int, ready=None) -> None:

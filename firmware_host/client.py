@@ -19,6 +19,7 @@ import numpy as np
 from edge_pse.errors import EdgePseError
 from firmware_host import protocol as P
 from firmware_host.protocol import T
+from firmware_host.ssh import SSH_LINK_TOKEN, SshPipe, is_ssh_target
 
 DEFAULT_PORT = 7700
 CONNECT_TIMEOUT_S = 10.0
@@ -28,8 +29,11 @@ RETRIES = 5
 CLOSE_TIMEOUT_S = 3.0  # freeing an abandoned stream session must not hold up an error or a Ctrl-C for long
 
 
-def token(token_file: str | None = None) -> bytes:
-    """The shared token from --token-file or $EDGE_PSE_TOKEN, as the CLI needs it (EdgePseError otherwise)."""
+def token(token_file: str | None = None, targets: list[str] | None = None) -> bytes:
+    """The shared token from --token-file or $EDGE_PSE_TOKEN, as the CLI needs it (EdgePseError otherwise).
+    Targets reached over SSH need none: with only those, no token is read."""
+    if targets and all(is_ssh_target(t) for t in targets):
+        return SSH_LINK_TOKEN
     try:
         return P.load_token(token_file)
     except (OSError, ValueError) as e:
@@ -76,14 +80,23 @@ class Link:
 
     def __init__(self, target: str, token: bytes, timeout: float = REPLY_TIMEOUT_S) -> None:
         self.target = target
-        host, port = parse_target(target)
-        try:
-            self.sock = socket.create_connection((host, port), timeout=min(timeout, CONNECT_TIMEOUT_S))
-        except OSError as e:
-            raise EdgePseError(f"cannot reach the agent at {target}: {e.strerror or e}") from None
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._ssh: SshPipe | None = None
+        if is_ssh_target(target):  # the agent runs on the device's end of an ssh session (firmware_host/ssh.py)
+            self._ssh = SshPipe(target, timeout=max(timeout, CONNECT_TIMEOUT_S))
+            self.sock, token = self._ssh.sock, SSH_LINK_TOKEN
+        else:
+            host, port = parse_target(target)
+            try:
+                self.sock = socket.create_connection((host, port), timeout=min(timeout, CONNECT_TIMEOUT_S))
+            except OSError as e:
+                raise EdgePseError(f"cannot reach the agent at {target}: {e.strerror or e}") from None
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self.chan = self._authenticate(token)
+        except EdgePseError as e:
+            self.close()
+            why = self._ssh.reason() if self._ssh is not None else ""
+            raise EdgePseError(f"{e}; ssh said: {why}" if why else str(e)) from None
         except BaseException:
             self.close()
             raise
@@ -113,7 +126,10 @@ class Link:
         return P.Channel(self.sock, send_key=to_agent, recv_key=to_client)
 
     def close(self) -> None:
-        self.sock.close()
+        if self._ssh is not None:
+            self._ssh.close()
+        else:
+            self.sock.close()
 
     def __enter__(self) -> Link:
         return self

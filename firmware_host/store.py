@@ -15,6 +15,7 @@ lets go of it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -22,6 +23,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from edge_pse.errors import EdgePseError
 
 MAX_FILES = 64
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
+STALE_STAGING_S = 24 * 3600.0  # a shared root's staging folder this old belongs to no live deploy
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -91,16 +94,40 @@ def _check_tree(paths: list[str]) -> None:
 
 
 class Store:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, shared: bool = False) -> None:
+        """`shared`: other agent processes use this root too (one per SSH login): keep their staging folders."""
         self.root = Path(root)
         (self.root / "bundles").mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.root / "staging", ignore_errors=True)  # half uploads from a previous run
-        (self.root / "staging").mkdir()
-        for stale in self.root.glob(".*.tmp"):  # link swaps a killed agent left half done
-            if stale.is_symlink():
-                stale.unlink(missing_ok=True)
-        self._lock = threading.RLock()  # activation and the reader pins
+        self._lock = threading.RLock()  # activation and the reader pins, within this process
+        self._lock_fd = os.open(self.root / ".store.lock", os.O_CREAT | os.O_RDWR, 0o600)  # across processes
+        self._depth = 0
         self._pins: Counter[str] = Counter()  # bundle folder name -> readers using it
+        with self._locked():  # an agent per SSH login: others may be deploying into this root right now
+            if shared:  # only what no live agent can still be writing: staging folders a day old
+                for old in (self.root / "staging").glob("*"):
+                    with contextlib.suppress(OSError):
+                        if time.time() - old.stat().st_mtime > STALE_STAGING_S:
+                            shutil.rmtree(old, ignore_errors=True)
+            else:
+                shutil.rmtree(self.root / "staging", ignore_errors=True)  # half uploads from a previous run
+            (self.root / "staging").mkdir(exist_ok=True)
+            for stale in self.root.glob(".*.tmp"):  # link swaps a killed agent left half done
+                if stale.is_symlink() and (not shared or time.time() - stale.lstat().st_mtime > 60):
+                    stale.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The store's lock: across threads (reentrant) and across agent processes sharing the root (flock)."""
+        with self._lock:
+            self._depth += 1
+            if self._depth == 1:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _link(self, name: str) -> Path | None:
         try:
@@ -120,7 +147,7 @@ class Store:
     def _pinned(self, name: str) -> Iterator[Path | None]:
         """The folder `current` or `previous` points at, kept on disk until the block ends even if a deploy or a
         rollback replaces it meanwhile (None when the link does not exist)."""
-        with self._lock:
+        with self._locked():
             path = self._link(name)
             if path is not None:
                 self._pins[path.name] += 1
@@ -128,7 +155,7 @@ class Store:
             yield path
         finally:
             if path is not None:
-                with self._lock:
+                with self._locked():
                     self._pins[path.name] -= 1
                     if self._pins[path.name] <= 0:
                         del self._pins[path.name]
@@ -208,7 +235,7 @@ class Store:
                 check(up.staging)
             bid = f"{sha256_file(up.staging / MANIFEST)[:16]}-{up.name}"
             dest = self.root / "bundles" / bid
-            with self._lock:
+            with self._locked():
                 if dest.exists():
                     shutil.rmtree(up.staging)
                 else:
@@ -224,7 +251,7 @@ class Store:
             self.abort(up)
 
     def rollback(self) -> Path:
-        with self._lock:
+        with self._locked():
             prev, cur = self.previous, self.current
             if prev is None or not prev.is_dir():
                 raise EdgePseError("nothing to roll back to: this device has no previous bundle")

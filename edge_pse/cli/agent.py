@@ -23,6 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
     p.add_argument("--root", type=Path, default=None, help=f"where deployed bundles live (default {default_root()})")
     p.add_argument("--token-file", default=None, help="file holding the shared token (default: $EDGE_PSE_TOKEN)")
+    p.add_argument(
+        "--stdio",
+        action="store_true",
+        help="serve one link on stdin/stdout, as `ssh pi@host edge-pse agent --stdio` runs it (no token, no port: "
+        "SSH authenticates and encrypts; hosts use --target pi@host)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
 
     # failed logins, refused addresses, accept errors: to stderr, timestamped (the journal when run as a service)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s edge-pse agent: %(message)s")
+    if args.stdio:
+        from firmware_host.agent import serve_stdio
+
+        serve_stdio(args.root or default_root())
+        return 0
     host, port = parse_target(args.listen, listen=True)
     try:
         token = load_token(args.token_file)

@@ -79,9 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target",
         action="append",
-        metavar="HOST:PORT",
-        help="run the bench on device agents instead of here (their deployed bundle; repeat or comma-separate "
-        "for a fleet, run concurrently); reports are pulled back and merged per device into OUTPUT",
+        metavar="USER@HOST|HOST:PORT",
+        help="run the bench on device agents (USER@HOST: over SSH) instead of here (their deployed bundle; repeat "
+        "or comma-separate for a fleet, run concurrently); reports are pulled back and merged per device into OUTPUT",
     )
     p.add_argument("--token-file", default=None, help="with --target: shared agent token file ($EDGE_PSE_TOKEN)")
 
@@ -109,7 +109,7 @@ def run_remote(args: argparse.Namespace) -> int:
     targets = client.targets(args.target)
     merged = client.remote_bench(
         targets,
-        client.token(args.token_file),
+        client.token(args.token_file, targets),
         args.output,
         device=args.device,
         backends=args.backends,

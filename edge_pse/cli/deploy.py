@@ -15,8 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--target",
         action="append",
         required=True,
-        metavar="HOST:PORT",
-        help="agent to deploy to; repeat it or separate with commas for a fleet (deployed concurrently)",
+        metavar="USER@HOST|HOST:PORT",
+        help="agent to deploy to (USER@HOST: over SSH, no token); repeat it or separate with commas for a fleet "
+        "(deployed concurrently)",
     )
     p.add_argument("--rollback", action="store_true", help="reactivate the previously deployed bundle instead")
     p.add_argument("--token-file", default=None, help="file holding the shared token (default: $EDGE_PSE_TOKEN)")
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     targets = client.targets(args.target)
     if args.rollback == (args.bundle is not None):
         raise EdgePseError("give a BUNDLE to deploy, or --rollback (not both)")
-    token = client.token(args.token_file)
+    token = client.token(args.token_file, targets)
     if args.rollback:
         results = fleet.run_all(targets, lambda t: client.rollback(t, token))
     else:

@@ -40,7 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="live: the PortAudio binding (auto: sounddevice when installed, else PyAudio)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or live display")
-    p.add_argument("--target", default=None, metavar="HOST:PORT", help="run on a device agent (files stay here)")
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="USER@HOST|HOST:PORT",
+        help="run on a device agent, over SSH or its token listener (files stay here)",
+    )
     p.add_argument("--token-file", default=None, help="shared agent token file (default: $EDGE_PSE_TOKEN)")
 
 
@@ -124,7 +129,7 @@ def _run_remote(args: argparse.Namespace, profile, input_spec: str, out_path: Pa
     with _hop_progress(not args.quiet and sys.stderr.isatty(), Path(input_spec).name, "remote") as tick:
         stats = client.remote_run(
             args.target,
-            client.token(args.token_file),
+            client.token(args.token_file, [args.target]),
             input_spec,
             out_path,
             args.speaker or demo.path(demo.SPEAKER),
