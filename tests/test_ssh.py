@@ -132,6 +132,13 @@ def test_deploy_run_rollback_and_a_fleet_deploy_over_ssh(devices, bundles, tmp_p
     x, y = sf.read(remote, dtype="int16")[0], sf.read(local, dtype="int16")[0]
     assert x.shape == y.shape and np.array_equal(x, y) and np.any(x != 0)
 
+    # a remote bench of both devices, merged per device
+    res = cli("bench", "--target", fleet, "--backends", "onnx", "--hops", "200", "--output", tmp_path / "rep", env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    merged = json.loads((tmp_path / "rep" / "remote_report.json").read_text())["devices"]
+    assert set(merged) == {d.target for d in devs}
+    assert all(r["probe"][0]["per_hop_us"]["p50"] > 0 for r in merged.values())
+
     # deploy another bundle to one device, then roll it back
     res = cli("deploy", "--target", devs[0].target, b, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
