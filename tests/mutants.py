@@ -252,6 +252,13 @@ MUTANTS = (
         "        return 0.0\n",
         ("tests/test_hostile.py", "-k", "failed_logins"),
     ),
+    Mutant(
+        "the speaker encoder runs a long clip's partials all at once",
+        "edge_pse/enroll/runtime_encoder.py",
+        "PARTIALS_PER_CALL = 16 ",
+        "PARTIALS_PER_CALL = 100_000 ",
+        ("tests/test_run.py", "-k", "120_s_limit"),
+    ),
 )
 
 

@@ -410,8 +410,25 @@ def test_a_header_that_claims_50_days_is_refused_in_bounded_memory(
             [sys.executable, "-c", RSS_CODE, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
         )
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
-        assert int(res.stderr.split("RSS")[-1].split()[0]) / 1024 < 600  # MiB; 13.5 GB before
+        assert int(res.stderr.split("RSS")[-1].split()[0]) / 1024 < 150  # MiB; 13.5 GB before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.flac"]
+
+
+def test_enrolling_a_clip_at_the_120_s_limit_stays_under_150_mib(tmp_path: Path) -> None:
+    """D6: the encoder's mel frames and partials are computed in blocks (365 MiB at 119 s before, all at once);
+    longer recordings are refused from their header, before decoding."""
+    from tests.speechlike import speech_like
+
+    clip = tmp_path / "long.wav"
+    sf.write(clip, np.tile(speech_like(7.0), 17), 16_000, subtype="PCM_16")  # 119 s
+    res = subprocess.run(
+        [sys.executable, "-c", RSS_CODE, "enroll", "--audio", str(clip), "--output", str(tmp_path / "me.spk")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    peak = int(res.stderr.split("RSS")[-1].split()[0]) / 1024
+    print(f"\nenroll 119 s: peak RSS {peak:.0f} MiB")
+    assert peak < 150 and (tmp_path / "me.spk").is_file()
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_file(bundle_dir: Path, speaker: Path, tmp_path: Path) -> None:  # noqa: F811

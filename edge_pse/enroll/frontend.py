@@ -15,6 +15,7 @@ N_MELS = 40
 PARTIAL_FRAMES = 160  # 1.6 s per partial utterance
 PARTIAL_RATE = 1.3  # partials per second
 MIN_COVERAGE = 0.75
+FRAMES_PER_CALL = 1000  # mel frames computed at once (10 s of audio)
 
 
 def mel_power(wave: np.ndarray, window: np.ndarray, mel_basis: np.ndarray) -> np.ndarray:
@@ -26,9 +27,12 @@ def mel_power(wave: np.ndarray, window: np.ndarray, mel_basis: np.ndarray) -> np
     padded = np.pad(wave, (N_FFT // 2, N_FFT // 2))
     n_frames = 1 + (padded.size - N_FFT) // HOP
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:n_frames]
-    spec = np.fft.rfft(frames * window, axis=1)
-    power = spec.real**2 + spec.imag**2
-    return (power.astype(np.float32) @ mel_basis.T).astype(np.float32)
+    out = np.empty((n_frames, mel_basis.shape[0]), np.float32)
+    for a in range(0, n_frames, FRAMES_PER_CALL):  # in blocks: a long clip's complex spectrum at once is large
+        spec = np.fft.rfft(frames[a : a + FRAMES_PER_CALL] * window, axis=1)
+        power = spec.real**2 + spec.imag**2
+        out[a : a + len(spec)] = power.astype(np.float32) @ mel_basis.T
+    return out
 
 
 def partial_slices(n_samples: int) -> list[slice]:

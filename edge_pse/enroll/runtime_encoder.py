@@ -24,6 +24,7 @@ from edge_pse.errors import EdgePseError
 SCHEMA = 1
 META_NAME = "speaker_encoder.json"
 BACKENDS = ("onnx", "litert", "numpy")  # auto takes the first one a directory has and this install runs
+PARTIALS_PER_CALL = 16  # 1.6 s partials per network call: bounds the memory of a long clip
 PACKAGED = Path(__file__).resolve().parent / "encoder"  # resemblyzer's weights for the numpy backend (Apache-2.0)
 
 
@@ -87,8 +88,12 @@ class RuntimeEncoder:
         return [b for b in BACKENDS if b in _read_meta(Path(root)).get("models", {})]
 
     def embed_partials(self, mels: np.ndarray) -> np.ndarray:
-        """[partials, 160, 40] mel frames -> [partials, 256] L2-normalised embeddings."""
-        return self._run(np.ascontiguousarray(mels, dtype=np.float32))
+        """[partials, 160, 40] mel frames -> [partials, 256] L2-normalised embeddings, PARTIALS_PER_CALL at a time
+        (each partial is independent; a whole 2-minute clip at once held ~360 MiB of LSTM gates)."""
+        mels = np.ascontiguousarray(mels, dtype=np.float32)
+        return np.concatenate(
+            [self._run(mels[k : k + PARTIALS_PER_CALL]) for k in range(0, len(mels), PARTIALS_PER_CALL)]
+        )
 
     def embed_preprocessed(self, wave: np.ndarray) -> np.ndarray:
         return frontend.pool(self.embed_partials(frontend.partial_mels(wave, self.window, self.mel_basis)))
