@@ -414,6 +414,32 @@ def test_a_header_that_claims_50_days_is_refused_in_bounded_memory(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.flac"]
 
 
+def test_an_mp3_whose_header_only_estimates_its_length_runs_and_a_cut_one_is_refused(
+    bundle_dir: Path,  # noqa: F811
+    speaker: Path,
+    tmp_path: Path,
+) -> None:
+    """tests/fixtures/speechlike-44k.mp3 (sox/LAME, made from tests.speechlike: see tests/fixtures/README.md):
+    its header claims 179,396 frames, 178,560 decode. `run` used to refuse it as truncated; now its output has
+    the decoded length and equals the run of the same decoded samples as a WAV. (A cut MP3 cannot be told from
+    a shorter one: its header estimates the length from the file's size.)"""
+    mp3 = Path(__file__).parent / "fixtures" / "speechlike-44k.mp3"
+    assert sf.info(mp3).frames == 179_396
+    decoded = sf.read(mp3, dtype="int16")[0]  # what the reader takes from it (not a float file)
+    wav = tmp_path / "decoded.wav"
+    sf.write(wav, decoded, 44_100, subtype="PCM_16")
+    outs = []
+    for src in (mp3, wav):
+        out = tmp_path / f"{src.stem}-{src.suffix[1:]}.out.wav"
+        res = edge_pse("run", "--model", bundle_dir, "--speaker", speaker, "--input", src, "--output", out, "--quiet")
+        assert res.returncode == 0, res.stderr
+        outs.append(sf.read(out, dtype="int16")[0])
+    # libsndfile's MP3 decoder rounds a few samples differently by read size: equal within a few LSB, not bit-exact
+    a, b = outs[0].astype(np.float64), outs[1].astype(np.float64)
+    assert len(a) == len(decoded) == 178_560 and np.any(a != 0)
+    assert 10 * np.log10(np.sum(b**2) / np.sum((a - b) ** 2 + 1e-9)) > 30
+
+
 def test_enrolling_a_clip_at_the_120_s_limit_stays_under_150_mib(tmp_path: Path) -> None:
     """D6: the encoder's mel frames and partials are computed in blocks (365 MiB at 119 s before, all at once);
     longer recordings are refused from their header, before decoding."""

@@ -66,6 +66,9 @@ def _wav_data_truncated(path: Path) -> bool:
 # rates a file may declare: below 8 kHz there is no speech band to enhance, and a header claiming 1 Hz would
 # ask the resampler for 16000x its size in memory; above 384 kHz no audio interface records
 MIN_RATE, MAX_RATE = 8_000, 384_000
+ESTIMATED_LENGTH_FORMATS = ("MP3",)  # formats whose header frame count is an estimate
+ESTIMATE_TOLERANCE = 0.01  # share of an estimated length that may be missing (614016 of 615427 seen)
+MPEG_FRAME = 1152  # samples per MPEG audio frame
 BLOCK_SECONDS = 1.0  # file runs hold about this much audio per stage, whatever the file's length
 
 
@@ -99,6 +102,9 @@ class ClipReader:
             )
         if info.format == "WAV" and _wav_data_truncated(path):
             raise EdgePseError(f"input file is truncated (its header promises more audio than it holds): {path}")
+        # an MP3 header's frame count is estimated from the bit rate: the decoded frames are the truth (within
+        # ESTIMATE_TOLERANCE of the claim; more missing is a cut file)
+        self.exact_length = info.format not in ESTIMATED_LENGTH_FORMATS
         self.path = path
         self.sample_rate = sample_rate
         self.source_rate = int(info.samplerate)
@@ -134,7 +140,7 @@ class ClipReader:
                 dtype = "float32" if self.is_float else "int16"
                 while True:
                     data = f.read(size, dtype=dtype, always_2d=True)
-                    last = len(data) < size or frames + len(data) >= self.source_frames
+                    last = len(data) < size or (self.exact_length and frames + len(data) >= self.source_frames)
                     pcm = self._convert(data, frames, resampler, last)
                     frames += len(data)
                     if len(pcm):
@@ -145,8 +151,10 @@ class ClipReader:
                         break
         except (sf.LibsndfileError, RuntimeError) as e:
             raise EdgePseError(f"input file is truncated or corrupt ({_reason(e)}): {path}") from None
-        if frames < self.source_frames:
+        short = self.source_frames - frames
+        if short > (0 if self.exact_length else max(MPEG_FRAME * 4, ESTIMATE_TOLERANCE * self.source_frames)):
             raise EdgePseError(f"input file is truncated ({frames} of {self.source_frames} frames): {path}")
+        self.source_frames = frames  # what was decoded (the same as the header's count where that is exact)
         self.finished = True
 
     def _convert(self, data: np.ndarray, offset: int, resampler, last: bool) -> np.ndarray:
@@ -194,7 +202,8 @@ class ClipWriter:
     leaves nothing (and never a half-written output); streamed, so memory does not grow with the duration.
     """
 
-    def __init__(self, path: str | os.PathLike, model_rate: int, rate: int, frames: int) -> None:
+    def __init__(self, path: str | os.PathLike, model_rate: int, rate: int, frames: int | None) -> None:
+        """`frames` None: not known yet (an MP3's header only estimates it); set it before the last writes."""
         import soundfile as sf
         import soxr
 
@@ -216,7 +225,8 @@ class ClipWriter:
     def write(self, pcm: np.ndarray, last: bool = False) -> None:
         if self._resampler is not None:
             pcm = float_to_int16(self._resampler.resample_chunk(pcm.astype(np.float32) / 32768.0, last=last))[0]
-        pcm = pcm[: self.frames - self.written]
+        if self.frames is not None:
+            pcm = pcm[: self.frames - self.written]
         with self._write_errors():
             self._file.write(pcm)
         self.written += len(pcm)

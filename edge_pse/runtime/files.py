@@ -67,13 +67,15 @@ def enhance_file(
     source = BlockSource(reader.blocks(), hop, flush_hops=1)
     # the header's frame count is a claim, not audio: the stats hold at most STATS_HOPS (a ring past that)
     stats = HopStats(min(n_hops, STATS_HOPS), int(deadline_ms * 1e6) if deadline_ms else hop * 1_000_000_000 // rate)
-    with audio_io.ClipWriter(output_path, rate, reader.source_rate, reader.source_frames) as writer:
+    frames = reader.source_frames if reader.exact_length else None  # an MP3's: known once it is decoded
+    with audio_io.ClipWriter(output_path, rate, reader.source_rate, frames) as writer:
         sink = BlockSink(writer.write, hop, delay=hop)
         with collector_paused():
             t0 = time.perf_counter_ns()
             ran = transport.stream(source, sink, stats, None if progress is None else lambda k: progress(k, n_hops))
             if not reader.finished:  # a transport that stopped early: never pad what was not read
                 raise EdgePseError(f"the run ended after {source.samples} of the input's samples: {input_path}")
+            writer.frames = reader.source_frames  # the decoded count (an MP3's header only estimated it)
             sink.flush(limit=source.samples)
             wall_ns = time.perf_counter_ns() - t0  # includes reading, resampling and writing the file
         if progress is not None:
