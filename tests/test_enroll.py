@@ -215,3 +215,29 @@ def test_batched_d_vectors_equal_one_clip_at_a_time() -> None:
     assert many.shape == one.shape
     assert np.min(np.sum(one * many, axis=1)) > 0.9999
     assert np.max(np.abs(one - many)) < 1e-3
+
+
+def test_voiced_share_tells_a_tone_and_speech_from_noise() -> None:
+    """Closed forms at the ends: a 200 Hz tone is voiced in every frame, white noise in none."""
+    from edge_pse.enroll.audio import voiced_share
+    from tests.speechlike import speech_like
+
+    t = np.arange(32_000) / 16_000
+    assert voiced_share(0.3 * np.sin(2 * np.pi * 200 * t)) == 1.0
+    assert voiced_share(0.1 * np.random.default_rng(0).standard_normal(32_000)) == 0.0
+    assert voiced_share(speech_like(6.0)) > 0.45
+    assert voiced_share(np.zeros(16_000)) == 0.0
+
+
+def test_enrolling_noise_warns_that_it_is_not_speech(tmp_path: Path, capsys) -> None:
+    """WebRTC's VAD takes 10 s of white noise for 10 s of speech; the profile is written, with a warning."""
+    import soundfile as sf
+
+    from tests.speechlike import speech_like
+
+    sf.write(tmp_path / "noise.wav", 0.1 * np.random.default_rng(0).standard_normal(160_000), 16_000)
+    sf.write(tmp_path / "voice.wav", speech_like(8.0), 16_000)
+    assert enroll("--audio", str(tmp_path / "noise.wav"), "--output", str(tmp_path / "n.spk")) == 0
+    assert "does not sound like speech (0% of its frames are voiced" in capsys.readouterr().err
+    assert enroll("--audio", str(tmp_path / "voice.wav"), "--output", str(tmp_path / "v.spk")) == 0
+    assert "does not sound like speech" not in capsys.readouterr().err

@@ -478,3 +478,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_file(bundle_dir: Path, speaker: P
         assert f"cannot write {out / name}" in res.stderr and "is the disk full?" in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert list(out.iterdir()) == []
+
+
+def test_quiet_prints_nothing_and_litert_says_no_info_line(tmp_path: Path) -> None:
+    """--quiet: no stats table, no demo score, no LiteRT "INFO: Created TensorFlow Lite XNNPACK delegate" line
+    (printed by its C++ logging on every load); --stats still writes the stats."""
+    res = edge_pse("run", "--quiet", "--output", tmp_path / "q.wav", "--stats", tmp_path / "s.json")
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == "", (res.stdout, res.stderr)
+    assert json.loads((tmp_path / "s.json").read_text())["backend"] == "litert"
+    res = edge_pse("run", "--output", tmp_path / "loud.wav")
+    assert res.returncode == 0 and "real-time factor" in res.stdout and "INFO: Created" not in res.stderr

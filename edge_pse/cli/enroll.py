@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from edge_pse.enroll.audio import SAMPLE_RATE, read_enrollment
+    from edge_pse.enroll.audio import MIN_VOICED_SHARE, SAMPLE_RATE, read_enrollment, voiced_share
     from edge_pse.enroll.encoder import average_embeddings, load_encoder
     from edge_pse.enroll.profile import SpeakerProfile, save_profile
     from edge_pse.errors import EdgePseError
@@ -53,6 +53,15 @@ def run(args: argparse.Namespace) -> int:
     clips = [read_enrollment(path) for path in args.audio]  # every clip is checked before any work
     encoder = load_encoder(args.encoder, args.encoder_dir, threads=args.threads)
     console = Console(stderr=True)
+    for path, (wave, _) in zip(args.audio, clips, strict=True):
+        share = voiced_share(wave)
+        if share < MIN_VOICED_SHARE:
+            console.print(
+                f"[yellow]warning: {path} does not sound like speech ({share:.0%} of its frames are voiced; "
+                "speech has 45-85 %): a profile from it will not match your voice[/yellow]",
+                highlight=False,
+                soft_wrap=True,
+            )
     embeddings = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"embedding ({encoder.backend})", total=len(clips))

@@ -39,7 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="live: the PortAudio binding (auto: sounddevice when installed, else PyAudio)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar or live display")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing but errors (no progress, stats table or demo score; --stats still writes the stats)",
+    )
     p.add_argument(
         "--target",
         default=None,
@@ -112,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
             audio_io.write_text(args.stats, json.dumps(stats, indent=2) + "\n")
     else:
         stats = _run_file(session, args, input_spec, out_path, describe)
+    if args.quiet:
+        return 0
     _print_summary(stats)
     if args.input is None and args.speaker is None:  # the built-in demo: show what the model did to it
         _print_demo_score(out_path)
@@ -140,7 +146,8 @@ def _run_remote(args: argparse.Namespace, profile, input_spec: str, out_path: Pa
             stats_path=args.stats,
             describe={"device_profile": profile.name},
         )
-    _print_summary(stats)
+    if not args.quiet:
+        _print_summary(stats)
     return 0
 
 

@@ -4,6 +4,12 @@ float."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
 import numpy as np
 
 from edge_pse.bundle import Bundle, FileEntry
@@ -24,6 +30,31 @@ def _interpreter_class():
     return Interpreter
 
 
+@contextlib.contextmanager
+def _without_info_lines() -> Iterator[None]:
+    """LiteRT's C++ logging writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to stderr on every
+    load: capture stderr (the file descriptor) meanwhile and pass on every other line, warnings and errors."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured by a caller): nothing to filter
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            kept = [x for x in capture.read().decode(errors="replace").splitlines(True) if not x.startswith("INFO: ")]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 class LiteRTBackend(Backend):
     name = "litert"
 
@@ -31,8 +62,9 @@ class LiteRTBackend(Backend):
         super().__init__(bundle, entry, threads)
         Interpreter = _interpreter_class()
         try:
-            self._it = Interpreter(model_path=str(bundle.path / entry.path), num_threads=self.threads)
-            self._it.allocate_tensors()
+            with _without_info_lines():
+                self._it = Interpreter(model_path=str(bundle.path / entry.path), num_threads=self.threads)
+                self._it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise EdgePseError(f"LiteRT cannot load {entry.path}: {e}") from None
         sig = self._it._get_full_signature_list()["serving_default"]
