@@ -250,12 +250,12 @@ def loads_here(staged: Path) -> None:
     truncated model.tflite with its digests resealed was activated, and every run failed until a rollback).
     Formats whose runtime this device lacks are not checked: nothing here could run them anyway."""
     from edge_pse.bundle import Bundle
-    from edge_pse.runtime.backends import FORMAT_BACKEND, open_backend
+    from edge_pse.runtime.backends import FORMAT_BACKEND, installed, open_backend
 
     bundle = Bundle.load(staged)
     for entry in bundle.files:
         name = FORMAT_BACKEND.get(entry.format)
-        if name is None or not _importable(name):
+        if name is None or not installed(name):
             continue
         try:
             model = open_backend(bundle, name, threads=_check_threads(name), quantization=entry.quantization)
@@ -539,13 +539,13 @@ class Agent:
     # --- operations
 
     def status(self) -> dict:
-        from edge_pse.runtime.backends import BACKENDS
+        from edge_pse.runtime.backends import BACKENDS, installed
 
         return {
             "agent": __version__,
             "protocol": P.VERSION,
             "machine": machine_info(probe=False),
-            "backends": [n for n in BACKENDS if _importable(n)],
+            "backends": [n for n in BACKENDS if installed(n)],
             **self.store.describe(),
             "sessions": len(self.sessions),
             "model_loads": self._model_loads,  # model files loaded since start: once per bundle and settings
@@ -660,24 +660,6 @@ class Agent:
             report["probe"] = cells
             report["bench"] = _run_bench_cli(bundle.path, req)
         return report
-
-
-def _importable(backend: str) -> bool:
-    import importlib.util
-
-    mods = {
-        "litert": ("ai_edge_litert", "tflite_runtime"),  # the LiteRT backend runs either
-        "onnx": ("onnxruntime",),
-        "executorch": ("executorch",),
-        "torch": ("torch",),
-    }[backend]
-    for mod in mods:
-        try:
-            if importlib.util.find_spec(mod) is not None:
-                return True
-        except (ImportError, ValueError):
-            pass
-    return False
 
 
 def _probe(bundle, backend: str | None, threads: int, hops: int) -> dict:

@@ -229,3 +229,24 @@ def test_bench_without_matplotlib_keeps_every_measurement(fp32_bundle, tmp_path)
     assert rep["cells"][0]["latency_us"]["p50"] > 0 and "edge-pse[report]" in rep["plots"]
     assert "Plots: not drawn: matplotlib is not installed" in (out / "report.md").read_text()
     assert not list(out.glob("*.png"))
+
+
+def test_bench_on_a_litert_only_install_skips_the_other_runtimes_with_a_note(tmp_path) -> None:
+    """The Pi install (`[litert]`) has neither ExecuTorch nor ONNX Runtime: the default bench runs the LiteRT
+    cells, says which runtimes it skipped and exits 0 (it failed 4 cells and exited 1)."""
+    out = tmp_path / "report"
+    code = (
+        "import sys\nfor m in ('executorch', 'onnxruntime', 'torch'): sys.modules[m] = None\n"
+        "from edge_pse.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, "bench", "--models", str(REPO / "edge_pse" / "bundles" / "tiny-int8"),
+         "--threads", "1", "--hops", "40", "--warmup", "5", "--peers", "none", "--output", str(out)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = load_report(out / "report.json")
+    assert {c["backend"] for c in rep["cells"]} == {"litert"} and all("error" not in c for c in rep["cells"])
+    for b, extra in (("executorch", "executorch"), ("onnx", "onnx")):
+        note = f"skipped the {b} cells: its runtime is not installed (pip install 'edge-pse[{extra}]')"
+        assert note in rep["notes"] and note in " ".join(res.stderr.split())

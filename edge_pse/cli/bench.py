@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from edge_pse.bench.report import write_report
     from edge_pse.runtime import devices
+    from edge_pse.runtime.backends import EXTRAS, installed
 
     console = Console(stderr=True)
     profile = devices.resolve(args.device, args.profiles)
@@ -158,6 +159,15 @@ def run(args: argparse.Namespace) -> int:
     sources += peers
     threads = args.threads or [profile.threads]
     backends = list(args.backends or BUNDLE_BACKENDS)
+    if not args.backends:  # the default set: what this install can run (a Pi installs [litert] alone)
+        missing = [b for b in backends if not installed(b)]
+        for b in missing:
+            line = f"skipped the {b} cells: its runtime is not installed (pip install 'edge-pse[{EXTRAS[b]}]')"
+            console.print(f"[yellow]{escape(line)}[/]")
+            skipped.append(line)
+        backends = [b for b in backends if b not in missing]
+        if not backends:
+            raise EdgePseError("no model runtime is installed: pip install 'edge-pse[litert]' (or onnx, executorch)")
     opts = BenchOptions(
         hops=args.hops,
         warmup=args.warmup,

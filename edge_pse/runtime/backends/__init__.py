@@ -17,6 +17,27 @@ BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "torch": ("edge_pse.runtime.backends.torch_ref", "TorchBackend", None),
 }
 FORMAT_BACKEND = {fmt: name for name, (_, _, fmt) in BACKENDS.items() if fmt}
+# the modules a backend's runtime comes from (any one of them): what `installed` looks for
+RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
+    "litert": ("ai_edge_litert", "tflite_runtime"),  # the LiteRT backend runs either
+    "onnx": ("onnxruntime",),
+    "executorch": ("executorch",),
+    "torch": ("torch",),
+}
+EXTRAS = {"litert": "litert", "onnx": "onnx", "executorch": "executorch", "torch": "train"}  # pip extras
+
+
+def installed(backend: str) -> bool:
+    """Whether this install has the backend's runtime (found, not imported: cheap, and torch stays unloaded)."""
+    import importlib.util
+
+    for mod in RUNTIME_MODULES[backend]:
+        try:
+            if importlib.util.find_spec(mod) is not None:
+                return True
+        except (ImportError, ValueError):
+            pass
+    return False
 
 
 def open_backend(bundle: Bundle, name: str | None = None, threads: int = 1, quantization: str | None = None) -> Backend:
@@ -36,4 +57,4 @@ def open_backend(bundle: Bundle, name: str | None = None, threads: int = 1, quan
     return getattr(importlib.import_module(module), cls)(bundle, entry, threads)
 
 
-__all__ = ["BACKENDS", "FORMAT_BACKEND", "Backend", "open_backend"]
+__all__ = ["BACKENDS", "EXTRAS", "FORMAT_BACKEND", "Backend", "installed", "open_backend"]
