@@ -166,10 +166,14 @@ class Bundle:
             raise EdgePseError(f"cannot read {mpath}: JSON nested too deeply") from None
         files = validate_manifest(manifest, mpath)
         root = path.resolve()
+        # the float weights serve the torch reference backend only: a device wheel leaves them out
+        optional = {manifest["reference"]["path"]} if manifest.get("reference") else set()
         for entry in [*files, *_extra_files(manifest)]:
             fpath = path / entry.path
             if not fpath.resolve().is_relative_to(root):  # a symlink inside the folder pointing out of it
                 raise EdgePseError(f"bundle {path}: {entry.path} leads outside the bundle folder")
+            if not fpath.is_file() and entry.path in optional and not fpath.is_symlink():
+                continue
             if not fpath.is_file():
                 raise EdgePseError(f"bundle {path}: listed file {entry.path} is missing")
             if sha256_file(fpath) != entry.sha256:
@@ -191,9 +195,10 @@ class Bundle:
         return sorted(matches, key=lambda f: f.quantization == "fp32")[0]
 
     def reference_weights(self) -> Path | None:
-        """The float weights file for the PyTorch reference backend, if the bundle carries one."""
+        """The float weights file for the PyTorch reference backend, if the bundle carries one (a bundle from the
+        device wheel lists it but leaves it out)."""
         ref = self.manifest.get("reference")
-        return self.path / ref["path"] if ref else None
+        return self.path / ref["path"] if ref and (self.path / ref["path"]).is_file() else None
 
     @property
     def tolerance(self) -> dict:

@@ -461,3 +461,21 @@ def test_a_resealed_manifest_whose_state_disagrees_with_its_config_is_refused(sh
     (shipped / "manifest.json").write_text(json.dumps(seal_manifest(m)))
     with pytest.raises(EdgePseError, match="is not the state the config implies"):
         Bundle.load(shipped)
+
+
+def test_a_bundle_without_its_float_weights_runs_its_model_files(shipped) -> None:
+    """The device wheel leaves the torch reference weights out: the bundle loads and LiteRT runs it; only the
+    torch backend refuses, saying why. A missing model file is still refused (test above)."""
+    from edge_pse.runtime.backends import open_backend
+
+    (shipped / "weights.pt").unlink()
+    bundle = Bundle.load(shipped)
+    assert bundle.reference_weights() is None
+    be = open_backend(bundle, "litert")
+    be.set_speaker(np.full(256, 1 / 16, np.float32))
+    assert be.process(np.zeros(160, np.float32)).shape == (160,)
+    with pytest.raises(EdgePseError, match="carries no float weights"):
+        open_backend(bundle, "torch")
+    (shipped / "weights.pt").symlink_to("/etc/hostname")  # a stand-in that leads out is not "absent"
+    with pytest.raises(EdgePseError, match="leads outside"):
+        Bundle.load(shipped)

@@ -62,6 +62,12 @@ def wheel(tmp_path_factory) -> Path:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     (whl,) = dist.glob("edge_pse-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(whl).namelist()
+    print(f"\ndevice wheel: {whl.stat().st_size / 2**20:.1f} MiB, {len(names)} files")  # 40.5 MiB with the .pt files
+    assert not [n for n in names if n.endswith(".pt")]  # torch checkpoints and float weights stay on the host
+    assert "edge_pse/bundles/tiny-int8/model.tflite" in names and "edge_pse/enroll/encoder/NOTICE.md" in names
     return whl
 
 
@@ -111,3 +117,10 @@ def test_runtime_extra_runs_a_litert_bundle_without_torch(wheel: Path, version: 
     data = json.loads(stats.read_text())
     assert data["backend"] == "litert" and data["rtf"] < 1
     assert sf.info(out).frames == sf.info(demo.path(demo.MIXTURE)).frames
+    # the wheel's own bundle (no float weights in it) and the bench of what this install can run
+    for args in (["run", "--quiet"], ["bench", "--hops", "50", "--warmup", "5", "--output", "rep"]):
+        res = subprocess.run(
+            [str(venv / "bin" / "edge-pse"), *args], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+            check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, (args, res.stderr[-3000:])

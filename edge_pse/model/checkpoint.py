@@ -49,6 +49,11 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     shipped = SHIPPED_DIR / f"{name_or_path}.pt"
     if shipped.exists():
         return shipped
+    if str(name_or_path) in ("tiny", "small", "teacher") and (SHIPPED_DIR / f"{name_or_path}.md").exists():
+        raise EdgePseError(  # the card is here, the weights are not: an install from the device wheel
+            f"the shipped {name_or_path} checkpoint is not in this install (the wheel leaves the torch checkpoints "
+            "out: they are for training and export on a host); use a checkout: pip install -e '.[all]'"
+        )
     raise EdgePseError(f"checkpoint {name_or_path!r} not found (not a file, not a shipped model in {SHIPPED_DIR})")
 
 
