@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("edge_pse.cli.bench", "benchmark bundles x backends x threads: latency, memory, quality -> report"),
     "regress": ("edge_pse.cli.regress", "compare two bench reports cell by cell; non-zero exit on a regression"),
     "run": ("edge_pse.cli.run", "enhance a file or the live microphone with a bundle and a speaker profile"),
+    "mic": ("edge_pse.cli.mic", "a virtual microphone 'edge-pse (NAME)' in PipeWire/PulseAudio that any app can pick"),
     "devices": ("edge_pse.cli.devices", "list audio devices, their sample rates, and the device profiles"),
     "export": ("edge_pse.cli.export", "quantize (int8 PTQ/QAT) and export a model to .pte/.tflite/.onnx bundles"),
     "agent": ("edge_pse.cli.agent", "the device agent: serves deploys, remote runs and benches to authenticated hosts"),

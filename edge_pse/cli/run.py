@@ -256,13 +256,14 @@ def _print_demo_score(out_path: Path) -> None:
     )
 
 
-def _print_summary(stats: dict) -> None:
+def _print_summary(stats: dict, command: str = "run") -> None:
     """The stats people read; the JSON (--stats) has everything."""
     from rich.console import Console
     from rich.table import Table
 
     t = Table(
-        title=f"edge-pse run: {stats.get('backend')} ({stats.get('quantization')}), profile {stats['device_profile']}"
+        title=f"edge-pse {command}: {stats.get('backend')} ({stats.get('quantization')}), "
+        f"profile {stats['device_profile']}"
     )
     t.add_column("", justify="left")
     t.add_column("per hop", justify="right")
