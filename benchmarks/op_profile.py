@@ -704,7 +704,7 @@ def perf_child(bundle_path: str, fmt: str, quantization: str, seconds: float, wa
     bundle = Bundle.load(bundle_path)
     entry = bundle.file(fmt, quantization)
     be = open_backend(bundle, FORMAT_BACKEND[fmt], threads=1, quantization=entry.quantization)
-    x, emb = hop_signal(int(bundle.manifest["hop"]), warmup + 2000)
+    x, emb = hop_signal(bundle.spec.hop, warmup + 2000)
     be.set_speaker(emb)
     be.reset()
     for i in range(warmup):
@@ -826,7 +826,7 @@ def main() -> None:
     profiles = []
     for bpath in args.bundles:
         bundle = Bundle.load(bpath)
-        hop = int(bundle.manifest["hop"])
+        hop = bundle.spec.hop
         x, emb = hop_signal(hop, args.warmup + args.hops)
         print(f"\n## {bpath} ({bundle.manifest.get('preset')}, {', '.join(f.path for f in bundle.files)})")
         order = {"tflite": 0, "onnx": 1, "pte": 2}  # ExecuTorch last: it imports torch

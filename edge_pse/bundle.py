@@ -138,6 +138,49 @@ class FileEntry:
         }
 
 
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a stream of this bundle is, read once from the checked manifest: every consumer (runner, files,
+    live audio, mic, bench, agent, cost model) takes its numbers from here, not from manifest keys."""
+
+    sample_rate: int
+    hop: int  # samples per model call
+    lag_hops: int  # whole hops the output lags the input (the step emits a hop one hop late)
+    speaker_dim: int  # the enrollment embedding's size
+    speaker_input_dim: int  # what the model files take: the projection's size (schema 3) or speaker_dim
+    speaker_encoder: str  # which encoder's embeddings the profiles must hold
+    speaker_encoder_version: str
+    frame_level_dbfs: float | None  # per-frame level normalisation inside the graph (None: none)
+    state_layout: tuple[tuple[str, int, int], ...]  # (name, offset, size) of the packed state's parts
+    projected: bool  # the speaker's Linears run once per speaker, in the runtime (schema 3)
+
+    @property
+    def state_size(self) -> int:
+        return sum(size for _, _, size in self.state_layout)
+
+    @property
+    def hop_s(self) -> float:
+        return self.hop / self.sample_rate
+
+    @classmethod
+    def from_manifest(cls, m: dict) -> StreamSpec:
+        spk, cfg = m["speaker"], m["config"]
+        proj = spk.get("projection")
+        lag = m["lag_hops"] if "lag_hops" in m else config_lag_hops(cfg)  # bundles before the field
+        return cls(
+            sample_rate=int(m["sample_rate"]),
+            hop=int(m["hop"]),
+            lag_hops=int(lag),
+            speaker_dim=int(spk["dim"]),
+            speaker_input_dim=int(proj["dim"]) if proj else int(spk["dim"]),
+            speaker_encoder=str(spk["encoder"]),
+            speaker_encoder_version=str(spk.get("encoder_version", "")),
+            frame_level_dbfs=cfg.get("frame_level_dbfs"),
+            state_layout=tuple((p["name"], int(p["offset"]), int(p["size"])) for p in m["io"]["layout"]),
+            projected=proj is not None,
+        )
+
+
 @dataclass
 class Bundle:
     path: Path
@@ -145,6 +188,10 @@ class Bundle:
     files: list[FileEntry]
     # schema 3: (weight [P, D], bias [P]) from speaker_projection.npz, checked at load
     projection: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    spec: StreamSpec = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.spec = StreamSpec.from_manifest(self.manifest)
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:
@@ -412,9 +459,18 @@ def _check_layout(layout: object, states: list[list[int]], where: str) -> None:
         raise EdgePseError(f"{where}: io.layout covers {pos} values of a state of {states[0][-1]}")
 
 
-def _check_config_layout(cfg: dict, layout: list[dict], where: str) -> None:
+def config_lag_hops(cfg: dict) -> int:
+    """Whole hops the step's output lags its input, from the config (E3NetConfig.output_delay)."""
+    from edge_pse.model.config import E3NetConfig
+
+    c = E3NetConfig.from_dict(cfg)
+    return c.output_delay // c.hop
+
+
+def _check_config_layout(cfg: dict, layout: list[dict], where: str) -> int:
     """The state the config implies (model.config.state_spec) is the one io.layout describes: with the backends'
-    check of the file's own shapes against io, a config edited to another size is refused."""
+    check of the file's own shapes against io, a config edited to another size is refused. Returns the config's
+    output lag in hops."""
     from edge_pse.model.config import E3NetConfig, state_spec
 
     try:
@@ -425,6 +481,7 @@ def _check_config_layout(cfg: dict, layout: list[dict], where: str) -> None:
     got = [(p["name"], p["size"]) for p in layout]
     if got != want:
         raise EdgePseError(f"{where}: io.layout {got} is not the state the config implies {want}")
+    return config_lag_hops(cfg)
 
 
 def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[FileEntry]:
@@ -457,7 +514,9 @@ def validate_manifest(manifest: object, where: str | Path = MANIFEST) -> list[Fi
     _check_tensors(io.get("outputs"), "io.outputs")
     states = [_check_tensor(t, f"io.states[{i}]") for i, t in enumerate(io["states"])]
     _check_layout(io.get("layout"), states, str(where))
-    _check_config_layout(manifest["config"], io["layout"], str(where))
+    lag = _check_config_layout(manifest["config"], io["layout"], str(where))
+    if "lag_hops" in manifest and manifest["lag_hops"] != lag:
+        raise EdgePseError(f"{where}: lag_hops {manifest['lag_hops']!r} is not the config's output lag ({lag} hops)")
     if not isinstance(manifest["files"], list) or not manifest["files"]:
         raise EdgePseError(f"{where}: 'files' must be a non-empty list")
     entries = []

@@ -562,18 +562,19 @@ class Agent:
             self._opening += 1  # the slot is ours while the backend loads
         try:
             with self.store.using_active() as bundle:
-                hop = int(bundle.manifest["hop"])
-                if hop != P.HOP:
-                    raise EdgePseError(f"bundle hop {hop} differs from the protocol's {P.HOP}")
+                spec = bundle.spec  # the session's frames carry spec.hop samples, whatever the bundle's hop
+                hop = spec.hop
+                if hop > P.MAX_HOP:
+                    raise EdgePseError(f"bundle hop {hop} exceeds the protocol's {P.MAX_HOP} samples per frame")
                 spk = req.get("speaker")
-                if not isinstance(spk, list) or len(spk) != int(bundle.manifest["speaker"]["dim"]):
-                    raise EdgePseError(f"speaker must be a list of {bundle.manifest['speaker']['dim']} floats")
+                if not isinstance(spk, list) or len(spk) != spec.speaker_dim:
+                    raise EdgePseError(f"speaker must be a list of {spec.speaker_dim} floats")
                 model = self._model(bundle, req.get("backend"), threads, req.get("quantization"))
                 backend = model.open_stream()
                 info = {
                     "bundle": bundle.path.name,
                     "preset": bundle.manifest.get("preset"),
-                    "sample_rate": int(bundle.manifest["sample_rate"]),
+                    "sample_rate": spec.sample_rate,
                     "tolerance": bundle.tolerance,
                 }
             backend.set_speaker(np.asarray(spk, dtype=np.float32))
@@ -671,10 +672,10 @@ def _probe(bundle, backend: str | None, threads: int, hops: int) -> dict:
     be = open_backend(bundle, backend, threads=threads)
     load_ms = (time.perf_counter_ns() - t0) / 1e6
     rng = np.random.default_rng(0)
-    be.set_speaker(rng.random(int(bundle.manifest["speaker"]["dim"])).astype(np.float32))
-    x = (0.1 * rng.standard_normal(int(bundle.manifest["hop"]) * 64)).astype(np.float32).reshape(64, -1)
+    be.set_speaker(rng.random(bundle.spec.speaker_dim).astype(np.float32))
+    x = (0.1 * rng.standard_normal(bundle.spec.hop * 64)).astype(np.float32).reshape(64, -1)
     ns = time_hops(be.process, x, hops, warmup=WARMUP_HOPS * 4)
-    hop_s = int(bundle.manifest["hop"]) / int(bundle.manifest["sample_rate"])
+    hop_s = bundle.spec.hop_s
     return {
         "backend": be.name,
         "model_file": be.entry.path if be.entry else None,
@@ -898,7 +899,7 @@ class _Connection:
         s = self.session
         if s is None:
             raise P.ProtocolError("HOP frame without an open stream")
-        seq, x = P.unpack_hop(payload)
+        seq, x = P.unpack_hop(payload, s.info["hop"])
         with s.lock:
             if s.owner is not self:
                 raise P.ProtocolError("this stream was resumed on another connection or closed")

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -259,7 +260,7 @@ def stream_hops(
     """Run `hops` [n, hop] through the device's active bundle from a fresh state; every input hop yields
     exactly one output hop (`stream_iter` over an array, its outputs collected)."""
     n = len(hops)
-    out = np.zeros((n, P.HOP), np.float32)
+    out = np.zeros((n, hops.shape[1]), np.float32)
     model_ns = np.zeros(n, np.int64)
     device_ns = np.zeros(n, np.int64)
 
@@ -338,7 +339,7 @@ def stream_iter(
                         sent += 1
                     if exhausted and got == sent:
                         break
-                    seq, m_ns, d_ns, y = P.unpack_out(P.expect(link.recv(), T.OUT).payload)
+                    seq, m_ns, d_ns, y = P.unpack_out(P.expect(link.recv(), T.OUT).payload, info["hop"])
                     if seq != got:
                         raise P.ProtocolError(f"output hop {seq} arrived, expected {got}")
                     _hand_over(take, seq, y, m_ns, d_ns)
@@ -399,8 +400,11 @@ class RemoteTransport:
         if not active or "error" in active:
             raise EdgePseError(f"{target}: no usable bundle deployed ({(active or {}).get('error', 'none')})")
         self.target, self.token, self.machine = target, token, st.get("machine")
-        self.speaker = load_speaker(Path(speaker_path), {"speaker": active["speaker"]})
+        spk = active["speaker"]
+        expected = SimpleNamespace(speaker_encoder=spk.get("encoder"), speaker_dim=spk.get("dim"))
+        self.speaker = load_speaker(Path(speaker_path), expected)
         self.sample_rate, self.hop = int(active["sample_rate"]), int(active["hop"])
+        self.lag_hops = int(active["lag_hops"])  # the device's bundle.StreamSpec
         self.backend, self.threads = backend, threads
 
     def stream(self, source, sink, stats, progress) -> dict:

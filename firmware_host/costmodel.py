@@ -27,7 +27,9 @@ def load_specs(path: str | Path = SPECS) -> dict[str, dict]:
 
 def bundle_costs(manifest: dict, quantization: str) -> dict:
     """Costs for one of the bundle's files: the manifest's own figures when it has them, else the config's."""
-    costs = config_costs(manifest["config"], projected="projection" in manifest.get("speaker", {}))
+    cfg = manifest["config"]
+    costs = config_costs(cfg, projected="projection" in manifest.get("speaker", {}))
+    costs["hop_us"] = 1e6 * cfg["hop"] / cfg["sample_rate"]  # the audio one call must keep up with (not 10 ms)
     costs.update({k: v for k, v in manifest.get("costs", {}).items() if k in costs})
     costs["weight_bytes"] = costs["fp32_bytes"] if quantization == "fp32" else costs["int8_bytes"]
     costs["quantization"] = quantization
@@ -57,7 +59,7 @@ def predict(costs: dict, spec: dict, *, clock_ghz: float | None = None) -> dict:
         "board": spec["name"],
         "clock_ghz": ghz,
         "per_hop_us": round(total, 1),
-        "rtf": round(total / 10_000, 5),
+        "rtf": round(total / costs["hop_us"], 5),
         "bound": "compute" if compute_us >= memory_us else f"memory ({level})",
         "weights_from": level,
         "terms_us": {"compute": round(compute_us, 1), "memory": round(memory_us, 1), "dispatch": round(dispatch_us, 1)},

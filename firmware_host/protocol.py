@@ -36,8 +36,7 @@ MAGIC = b"EP"
 VERSION = 2  # 2: every frame after the login carries a MAC (1 authenticated the login only)
 HELLO_VERSION = 1  # the HELLO header keeps version 1 so that every client can read which protocol we speak
 HEADER = struct.Struct(">2sBBI")
-HOP = 160  # samples per audio frame: the bundle's hop (checked at stream open)
-HOP_BYTES = 4 * HOP  # float32 little-endian
+MAX_HOP = 4800  # samples per audio frame at most (100 ms at 48 kHz); a session's frames have its bundle's hop
 AUTH_CONTEXT = b"edge-pse agent auth v2"
 NONCE_BYTES = 32
 TAG_BYTES = 32  # HMAC-SHA256 after every frame once the session keys are set
@@ -76,8 +75,8 @@ MAX_PAYLOAD: dict[T, int] = {
     T.REPLY: 4 * 1024 * 1024,  # a bench report pulled from the device
     T.ERROR: 8192,
     T.CHUNK: FILE_CHUNK.size + CHUNK_BYTES,
-    T.HOP: IN_HOP.size + HOP_BYTES,
-    T.OUT: OUT_HOP.size + HOP_BYTES,
+    T.HOP: IN_HOP.size + 4 * MAX_HOP,
+    T.OUT: OUT_HOP.size + 4 * MAX_HOP,
 }
 
 
@@ -300,9 +299,10 @@ def pack_hop(seq: int, hop: np.ndarray) -> bytes:
     return encode(T.HOP, IN_HOP.pack(seq) + np.ascontiguousarray(hop, dtype="<f4").tobytes())
 
 
-def unpack_hop(payload: bytes) -> tuple[int, np.ndarray]:
-    if len(payload) != IN_HOP.size + HOP_BYTES:
-        raise ProtocolError(f"HOP frame of {len(payload)} bytes, expected {IN_HOP.size + HOP_BYTES}")
+def unpack_hop(payload: bytes, hop: int) -> tuple[int, np.ndarray]:
+    """(sequence number, float32[hop]) of a HOP frame of a session whose bundle has `hop` samples per call."""
+    if len(payload) != IN_HOP.size + 4 * hop:
+        raise ProtocolError(f"HOP frame of {len(payload)} bytes, expected {IN_HOP.size + 4 * hop} (hop {hop})")
     (seq,) = IN_HOP.unpack_from(payload)
     return seq, np.frombuffer(payload, dtype="<f4", offset=IN_HOP.size).astype(np.float32)
 
@@ -311,9 +311,9 @@ def pack_out(seq: int, model_ns: int, total_ns: int, hop: np.ndarray) -> bytes:
     return encode(T.OUT, OUT_HOP.pack(seq, model_ns, total_ns) + np.ascontiguousarray(hop, dtype="<f4").tobytes())
 
 
-def unpack_out(payload: bytes) -> tuple[int, int, int, np.ndarray]:
-    if len(payload) != OUT_HOP.size + HOP_BYTES:
-        raise ProtocolError(f"OUT frame of {len(payload)} bytes, expected {OUT_HOP.size + HOP_BYTES}")
+def unpack_out(payload: bytes, hop: int) -> tuple[int, int, int, np.ndarray]:
+    if len(payload) != OUT_HOP.size + 4 * hop:
+        raise ProtocolError(f"OUT frame of {len(payload)} bytes, expected {OUT_HOP.size + 4 * hop} (hop {hop})")
     seq, model_ns, total_ns = OUT_HOP.unpack_from(payload)
     return seq, model_ns, total_ns, np.frombuffer(payload, dtype="<f4", offset=OUT_HOP.size).astype(np.float32)
 

@@ -295,9 +295,14 @@ class Store:
             return {
                 "id": p.name,
                 "preset": b.manifest.get("preset"),
-                "speaker": b.manifest.get("speaker"),
-                "hop": b.manifest.get("hop"),
-                "sample_rate": b.manifest.get("sample_rate"),
+                "speaker": {
+                    "encoder": b.spec.speaker_encoder,
+                    "dim": b.spec.speaker_dim,
+                    "encoder_version": b.spec.speaker_encoder_version,
+                },
+                "hop": b.spec.hop,
+                "sample_rate": b.spec.sample_rate,
+                "lag_hops": b.spec.lag_hops,
                 "files": [f"{f.path} ({f.format}/{f.quantization})" for f in b.files],
             }
 

@@ -107,7 +107,7 @@ MUTANTS = (
     Mutant(
         "the streamed file run drops the lag compensation",
         "edge_pse/runtime/files.py",
-        "        sink = BlockSink(writer.write, hop, delay=hop)\n",
+        "        sink = BlockSink(writer.write, hop, delay=transport.lag_hops * hop)\n",
         "        sink = BlockSink(writer.write, hop, delay=0)\n",
         ("tests/test_run.py", "-k", "streamed"),
     ),

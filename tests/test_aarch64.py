@@ -134,8 +134,9 @@ def local_pcm(bundle: Path, backend: str) -> np.ndarray:
 
     b = Bundle.load(bundle)
     be = open_backend(b, backend)
-    be.set_speaker(load_speaker(demo.path(demo.SPEAKER), b.manifest))
-    return run_array(be, audio_io.read_clip(demo.path(demo.MIXTURE), 16_000).pcm, hop=160, sample_rate=16_000)[0]
+    be.set_speaker(load_speaker(demo.path(demo.SPEAKER), b.spec))
+    pcm = audio_io.read_clip(demo.path(demo.MIXTURE), 16_000).pcm
+    return run_array(be, pcm, hop=b.spec.hop, sample_rate=b.spec.sample_rate, lag_hops=b.spec.lag_hops)[0]
 
 
 def test_emulated_aarch64_agent_matches_x86(emulated_agent: str, int8_bundle: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from edge_pse import demo
-from edge_pse.bundle import sha256_file
+from edge_pse.bundle import Bundle, sha256_file
 from edge_pse.errors import EdgePseError
 from firmware_host import client
 from firmware_host import protocol as P
@@ -54,8 +54,8 @@ def local_run(bundle: Path, wav: Path) -> np.ndarray:
 
     b = Bundle.load(bundle)
     be = open_backend(b, "onnx")
-    be.set_speaker(load_speaker(demo.path(demo.SPEAKER), b.manifest))
-    pcm, _ = run_array(be, audio_io.read_clip(wav, 16_000).pcm, hop=160, sample_rate=16_000)
+    be.set_speaker(load_speaker(demo.path(demo.SPEAKER), b.spec))
+    pcm, _ = run_array(be, audio_io.read_clip(wav, 16_000).pcm, hop=160, sample_rate=16_000, lag_hops=1)
     return pcm
 
 
@@ -248,7 +248,7 @@ def test_a_stream_killed_mid_way_resumes_without_losing_or_duplicating_audio(age
     client.deploy(t, TOKEN, bundles[0])
     straight = tmp_path / "straight.wav"
     client.remote_run(t, TOKEN, demo.path(demo.MIXTURE), straight, demo.path(demo.SPEAKER), backend="onnx")
-    hop_frame = P.HEADER.size + P.IN_HOP.size + P.HOP_BYTES + P.TAG_BYTES
+    hop_frame = P.HEADER.size + P.IN_HOP.size + 4 * 160 + P.TAG_BYTES
     # handshake + open_stream are ~3 KB; cut in the middle of the 200th hop frame, mid-file
     proxy = KillingProxy(("127.0.0.1", agent.address[1]), cut=4096 + 200 * hop_frame + 100)
     try:
@@ -414,9 +414,9 @@ def test_an_audio_frame_with_a_wrong_tag_closes_the_stream_and_gets_no_output(ag
     link = client.Link(t, TOKEN)
     try:
         link.request("open_stream", speaker=[0.0625] * 256, backend="onnx")
-        link.send(P.pack_hop(0, np.zeros(P.HOP, np.float32)))
-        assert P.unpack_out(P.expect(link.recv(), T.OUT).payload)[0] == 0  # a sealed hop is answered
-        forged = P.pack_hop(1, np.zeros(P.HOP, np.float32))
+        link.send(P.pack_hop(0, np.zeros(160, np.float32)))
+        assert P.unpack_out(P.expect(link.recv(), T.OUT).payload, 160)[0] == 0  # a sealed hop is answered
+        forged = P.pack_hop(1, np.zeros(160, np.float32))
         link.sock.sendall(forged + bytes(P.TAG_BYTES))
         with pytest.raises((P.RemoteError, ConnectionError, OSError)) as err:
             P.expect(link.recv(), T.OUT)
@@ -435,7 +435,7 @@ def test_a_resent_hop_is_not_processed_twice(agent, bundles) -> None:
     t = target(agent)
     client.deploy(t, TOKEN, bundles[0])
     rng = np.random.default_rng(5)
-    hops = (0.1 * rng.standard_normal((6, P.HOP))).astype(np.float32)
+    hops = (0.1 * rng.standard_normal((6, 160))).astype(np.float32)
 
     def stream(order: list[int]) -> dict[int, np.ndarray]:
         outs: dict[int, np.ndarray] = {}
@@ -444,7 +444,7 @@ def test_a_resent_hop_is_not_processed_twice(agent, bundles) -> None:
             for i in order:
                 link.send(P.pack_hop(i, hops[i]))
             while len(outs) < len(hops):
-                seq, _, _, y = P.unpack_out(P.expect(link.recv(), T.OUT).payload)
+                seq, _, _, y = P.unpack_out(P.expect(link.recv(), T.OUT).payload, 160)
                 assert seq not in outs, f"hop {seq} answered twice"
                 outs[seq] = y
             link.sock.settimeout(0.5)  # nothing more may come: a duplicate's output would be here
@@ -457,3 +457,29 @@ def test_a_resent_hop_is_not_processed_twice(agent, bundles) -> None:
     assert sorted(resent) == list(range(6))
     for i in range(6):
         np.testing.assert_array_equal(resent[i], plain[i])
+
+
+def test_a_bundle_with_an_8_ms_hop_runs_locally_in_the_bench_and_through_the_agent(agent, tmp_path) -> None:
+    """The stream contract comes from the bundle (bundle.StreamSpec), not from a 10 ms constant: a 128-sample hop
+    runs in `run`, in `bench` and on the device (the agent refused any hop but 160 before)."""
+    b8 = make_bundle(tmp_path / "tiny-8ms", seed=2, hop=128)
+    assert Bundle.load(b8).spec.hop == 128
+    local = tmp_path / "local.wav"
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_pse", "run", "--model", str(b8), "--output", str(local), "--quiet",
+         "--backend", "onnx"], capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    bench = subprocess.run(
+        [sys.executable, "-m", "edge_pse", "bench", "--models", str(b8), "--backends", "onnx", "--threads", "1",
+         "--hops", "40", "--warmup", "5", "--peers", "none", "--output", str(tmp_path / "rep")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    cell = json.loads((tmp_path / "rep" / "report.json").read_text())["cells"][0]
+    assert cell["hop"] == 128 and cell["latency_us"]["p50"] > 0
+    t = target(agent)
+    client.deploy(t, TOKEN, b8)
+    remote = tmp_path / "remote.wav"
+    client.remote_run(t, TOKEN, demo.path(demo.MIXTURE), remote, demo.path(demo.SPEAKER), backend="onnx")
+    assert np.array_equal(read_pcm(remote), read_pcm(local)) and np.any(read_pcm(local) != 0)

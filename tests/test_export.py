@@ -263,3 +263,49 @@ def test_the_gate_measures_every_input_level_and_fails_an_int8_graph_that_collap
     assert bundle.manifest["accuracy"]["levels_dbfs"] == list(LEVELS_DBFS)
     for level in ("-45", "-30", "-15"):
         assert acc["levels"][level]["snr_db"] >= 15 and acc["levels"][level]["si_sdri_drop_db"] <= 0.5
+
+
+def test_an_export_without_resemblyzer_names_the_encoder_the_profiles_carry(monkeypatch) -> None:
+    """Without resemblyzer installed the manifest said encoder "resemblyzer" while every profile says
+    "resemblyzer-dvector": the runtime would refuse every profile of such a bundle."""
+    from importlib.metadata import PackageNotFoundError
+
+    from edge_pse import demo
+    from edge_pse.enroll import dvector
+    from edge_pse.enroll.profile import load_profile
+    from edge_pse.exporters import pipeline
+    from edge_pse.model.config import get_preset
+
+    def missing() -> str:
+        raise PackageNotFoundError("resemblyzer")
+
+    monkeypatch.setattr(dvector, "encoder_version", missing)
+    info = pipeline._speaker_info(get_preset("tiny"))
+    profile = load_profile(demo.path(demo.SPEAKER))
+    assert info["encoder"] == profile.encoder == dvector.ENCODER_NAME
+    assert info["encoder_version"] == profile.encoder_version  # the packaged encoder's record of its weights
+
+
+def test_the_stream_spec_round_trips_through_export_and_load(tiny, calib, tmp_path) -> None:  # noqa: F811
+    """What the export writes once (rate, hop, lag from the config, the encoder's name, the projection, the state
+    layout) is what every consumer reads back from Bundle.spec; a lag that is not the config's is refused."""
+    import json
+
+    from edge_pse.bundle import seal_manifest
+    from edge_pse.enroll.dvector import ENCODER_NAME
+    from edge_pse.errors import EdgePseError
+    from edge_pse.model.config import state_spec
+    from edge_pse.model.step import E3NetStep
+
+    b = export(tiny, calib, tmp_path / "b", "onnx", mode="fp32")
+    cfg, spec = tiny.cfg, b.spec
+    assert (spec.sample_rate, spec.hop, spec.lag_hops) == (cfg.sample_rate, cfg.hop, cfg.output_delay // cfg.hop)
+    assert b.manifest["lag_hops"] == 1 and spec.speaker_encoder == ENCODER_NAME and spec.speaker_dim == cfg.spk_dim
+    assert spec.projected and spec.speaker_input_dim == E3NetStep(tiny, projected=True).io.spk_dim
+    want = [(p["name"], p["offset"], p["size"]) for p in state_spec(cfg).to_dict()["layout"]]
+    assert list(spec.state_layout) == want and spec.state_size == sum(s for _, _, s in want)
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    m["lag_hops"] = 2
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(seal_manifest(m)))
+    with pytest.raises(EdgePseError, match="lag_hops 2 is not the config's output lag"):
+        Bundle.load(tmp_path / "b")

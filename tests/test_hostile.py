@@ -227,10 +227,14 @@ def test_an_address_over_its_share_loses_its_oldest_login_which_is_told_why(tmp_
             with pytest.raises(P.RemoteError, match="login dropped for a newer connection") as err:
                 P.expect(P.recv_frame(held[0]), T.HELLO)
             assert err.value.code == "busy"
-        assert login(a.address[1], TOKEN, "127.0.0.2") == "ok"
-        held[1].settimeout(0.3)  # the others were not touched
-        with pytest.raises(TimeoutError):
-            held[1].recv(1)
+            held[1].settimeout(0.3)  # the others were not touched
+            with pytest.raises(TimeoutError):
+                held[1].recv(1)
+            # the host behind that address logs in: its login evicts the next oldest, held[1]
+            assert login(a.address[1], TOKEN, "127.0.0.2") == "ok"
+            held[1].settimeout(5)
+            with pytest.raises(P.RemoteError, match="login dropped for a newer connection"):
+                P.expect(P.recv_frame(held[1]), T.HELLO)
     finally:
         for s in held:
             s.close()

@@ -17,15 +17,15 @@ from firmware_host.protocol import T
 def test_frames_round_trip_over_a_socket() -> None:
     a, b = socket.socketpair()
     with a, b:
-        hop = np.linspace(-1, 1, P.HOP, dtype=np.float32)
+        hop = np.linspace(-1, 1, 160, dtype=np.float32)
         P.send(a, P.encode_json(T.REQUEST, {"op": "status"}))
         P.send(a, P.pack_hop(7, hop))
         P.send(a, P.pack_out(8, 1234, 5678, hop * 0.5))
         P.send(a, P.pack_chunk(2, 4096, b"abc"))
         assert P.recv_frame(b).json() == {"op": "status"}
-        seq, x = P.unpack_hop(P.recv_frame(b).payload)
+        seq, x = P.unpack_hop(P.recv_frame(b).payload, 160)
         assert seq == 7 and np.array_equal(x, hop)
-        seq, m, d, y = P.unpack_out(P.recv_frame(b).payload)
+        seq, m, d, y = P.unpack_out(P.recv_frame(b).payload, 160)
         assert (seq, m, d) == (8, 1234, 5678) and np.array_equal(y, hop * 0.5)
         assert P.unpack_chunk(P.recv_frame(b).payload) == (2, 4096, b"abc")
 
@@ -56,7 +56,7 @@ def test_malformed_payloads_are_protocol_errors() -> None:
     with pytest.raises(P.ProtocolError, match="JSON object"):
         P.Frame(T.REQUEST, b"[1, 2]").json()
     with pytest.raises(P.ProtocolError, match="HOP frame of"):
-        P.unpack_hop(bytes(10))
+        P.unpack_hop(bytes(10), 160)
 
 
 def test_auth_macs_bind_the_token_the_role_and_both_nonces() -> None:
@@ -101,8 +101,8 @@ def _channels() -> tuple[P.Channel, P.Channel, socket.socket, socket.socket]:
 
 FRAMES = {  # one frame of each kind the channel carries after the login: requests and the audio both ways
     "request": P.encode_json(T.REQUEST, {"op": "status"}),
-    "hop": P.pack_hop(7, np.linspace(-0.5, 0.5, P.HOP, dtype=np.float32)),
-    "out": P.pack_out(7, 1000, 2000, np.linspace(0.5, -0.5, P.HOP, dtype=np.float32)),
+    "hop": P.pack_hop(7, np.linspace(-0.5, 0.5, 160, dtype=np.float32)),
+    "out": P.pack_out(7, 1000, 2000, np.linspace(0.5, -0.5, 160, dtype=np.float32)),
 }
 
 

@@ -16,8 +16,9 @@ from edge_pse import demo
 ENCODER = "resemblyzer-dvector"
 
 
-def make_bundle(out: Path, seed: int = 0) -> Path:
-    """Write a verified ONNX fp32 bundle of a random-weight tiny step to `out` (needs torch, the test host)."""
+def make_bundle(out: Path, seed: int = 0, hop: int | None = None) -> Path:
+    """Write a verified ONNX fp32 bundle of a random-weight tiny step to `out` (needs torch, the test host);
+    `hop`: another hop than the preset's 10 ms (the window stays two hops)."""
     import torch
 
     from edge_pse.bundle import SCHEMA, SCHEMA_VERSION, FileEntry, seal_manifest, sha256_file
@@ -29,6 +30,10 @@ def make_bundle(out: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     cfg = get_preset("tiny")
+    if hop is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, hop=hop, window=2 * hop)
     step = E3NetStep(E3Net(cfg).eval()).eval()
     out.mkdir(parents=True, exist_ok=True)
     example = (torch.zeros(1, cfg.hop), torch.zeros(1, cfg.spk_dim), *step.initial_state(1))
@@ -87,7 +92,7 @@ def test_runner_reproduces_the_torch_step_aligned_and_same_length(bundle_dir: Pa
     backend = open_backend(Bundle.load(bundle_dir), "onnx")
     backend.set_speaker(spk)
     backend.reset()
-    out, stats = run_array(backend, pcm, hop=160, sample_rate=16000)
+    out, stats = run_array(backend, pcm, hop=160, sample_rate=16000, lag_hops=1)
     assert len(out) == len(pcm) and stats["output_samples"] == len(pcm)
 
     step = E3NetStep(E3Net(get_preset("tiny")))

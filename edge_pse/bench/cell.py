@@ -55,11 +55,11 @@ def open_cell(spec: dict) -> Streamer:
     bundle = Bundle.load(spec["path"])
     verify_ms = (time.perf_counter() - t0) * 1e3
     be = open_backend(bundle, spec["backend"], threads=spec["threads"], quantization=spec.get("quantization"))
-    m = bundle.manifest
     size = be.entry.bytes if be.entry is not None else None
     if size is None and bundle.reference_weights() is not None:
         size = bundle.reference_weights().stat().st_size  # torch backend: the float weights it loads
-    return Streamer(be.process, be.reset, be.set_speaker, int(m["hop"]), int(m["sample_rate"]), 1, size, verify_ms)
+    sp = bundle.spec
+    return Streamer(be.process, be.reset, be.set_speaker, sp.hop, sp.sample_rate, sp.lag_hops, size, verify_ms)
 
 
 def _rss_mib() -> float:

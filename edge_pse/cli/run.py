@@ -157,7 +157,7 @@ def _run_file(session, args, input_spec: str, out_path: Path, describe: dict) ->
 
     with _hop_progress(not args.quiet and sys.stderr.isatty(), Path(input_spec).name, "enhancing") as tick:
         return enhance_file(
-            LocalTransport(session.backend, session.sample_rate, session.hop),
+            LocalTransport(session.backend, session.sample_rate, session.hop, session.bundle.spec.lag_hops),
             input_spec,
             out_path,
             deadline_ms=session.profile.deadline_ms,

@@ -55,7 +55,7 @@ def run_backend(backend, clips: list[Clip], hop: int) -> list[np.ndarray]:
     for c in clips:
         backend.reset()
         backend.set_speaker(c.spk)
-        outs.append(enhance(backend, c.mixture, hop).copy())
+        outs.append(enhance(backend, c.mixture, hop, backend.spec.lag_hops).copy())
     return outs
 
 

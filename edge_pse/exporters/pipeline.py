@@ -109,12 +109,20 @@ def toolchain_versions() -> dict[str, str]:
 
 
 def _speaker_info(cfg) -> dict:
-    try:
-        from edge_pse.enroll.dvector import ENCODER_NAME, encoder_version
+    """The encoder whose embeddings the profiles must hold: its name from the encoder module, whatever is
+    installed (without resemblyzer the name was written as "resemblyzer", and every profile was refused)."""
+    from edge_pse.enroll.dvector import ENCODER_NAME, encoder_version
 
-        return {"dim": cfg.spk_dim, "encoder": ENCODER_NAME, "encoder_version": encoder_version()}
-    except ImportError:
-        return {"dim": cfg.spk_dim, "encoder": "resemblyzer", "encoder_version": "unknown"}
+    try:
+        version = encoder_version()
+    except ImportError:  # resemblyzer not installed: the packaged encoder's record of the weights it holds
+        from edge_pse.enroll.runtime_encoder import META_NAME, PACKAGED
+
+        try:
+            version = str(json.loads((PACKAGED / META_NAME).read_text()).get("encoder_version", "unknown"))
+        except (OSError, ValueError):
+            version = "unknown"
+    return {"dim": cfg.spk_dim, "encoder": ENCODER_NAME, "encoder_version": version}
 
 
 # ------------------------------------------------------------------------------------------------- stages
@@ -177,7 +185,7 @@ def verify(
 
     module, cls, _ = BACKENDS[FORMAT_BACKEND[entry.format]]
     backend = getattr(importlib.import_module(module), cls)(bundle, entry, 1)
-    hop = bundle.manifest["hop"]
+    hop = bundle.spec.hop
     for level, clips in heldout.items():
         outs = accuracy.run_backend(backend, clips, hop)
         sdri = accuracy.si_sdri(outs, clips)
@@ -214,6 +222,7 @@ def manifest(
             "config": cfg.to_dict(),
             "sample_rate": cfg.sample_rate,
             "hop": cfg.hop,
+            "lag_hops": cfg.output_delay // cfg.hop,  # written once, from the config (bundle.StreamSpec)
             "speaker": {**_speaker_info(cfg), "projection": projection},
             "io": step.io.to_dict(),
             "files": [f.to_dict() for f in files],

@@ -27,6 +27,7 @@ STATS_HOPS = 4 * 3600 * 100  # per-hop times kept for the stats: the last 4 h at
 class Transport(Protocol):
     sample_rate: int
     hop: int
+    lag_hops: int  # whole hops the model's output lags its input (bundle.StreamSpec)
 
     def stream(
         self, source: BlockSource, sink: BlockSink, stats: HopStats, progress: Callable[[int], None] | None
@@ -42,6 +43,7 @@ class LocalTransport:
     backend: Any
     sample_rate: int
     hop: int
+    lag_hops: int
 
     def stream(self, source, sink, stats, progress) -> dict[str, Any]:
         stream(self.backend, source, sink, stats, tick=(lambda st: progress(st.hops)) if progress else None)
@@ -64,12 +66,12 @@ def enhance_file(
     rate, hop = transport.sample_rate, transport.hop
     reader = audio_io.ClipReader(input_path, rate)
     n_hops = -(-reader.expected_samples // hop) + 1  # + the hop that flushes the model's lag
-    source = BlockSource(reader.blocks(), hop, flush_hops=1)
+    source = BlockSource(reader.blocks(), hop, flush_hops=transport.lag_hops)
     # the header's frame count is a claim, not audio: the stats hold at most STATS_HOPS (a ring past that)
     stats = HopStats(min(n_hops, STATS_HOPS), int(deadline_ms * 1e6) if deadline_ms else hop * 1_000_000_000 // rate)
     frames = reader.source_frames if reader.exact_length else None  # an MP3's: known once it is decoded
     with audio_io.ClipWriter(output_path, rate, reader.source_rate, frames) as writer:
-        sink = BlockSink(writer.write, hop, delay=hop)
+        sink = BlockSink(writer.write, hop, delay=transport.lag_hops * hop)
         with collector_paused():
             t0 = time.perf_counter_ns()
             ran = transport.stream(source, sink, stats, None if progress is None else lambda k: progress(k, n_hops))

@@ -284,7 +284,7 @@ def file_summary(
     return summary
 
 
-def enhance(backend: Backend, wave: np.ndarray, hop: int, lag_hops: int = 1) -> np.ndarray:
+def enhance(backend: Backend, wave: np.ndarray, hop: int, lag_hops: int) -> np.ndarray:
     """A float clip through `backend` from its current state, hop by hop through the same loop as every
     run, the lag compensated (`lag_hops` zero hops flushed, as many dropped): output sample n is the enhanced
     input sample n, as long as `wave`. The quality measurements (export gate, bench, benchmarks) use this."""
@@ -300,12 +300,13 @@ def run_array(
     *,
     hop: int,
     sample_rate: int,
+    lag_hops: int,
     deadline_ns: int | None = None,
     tick: Callable[[HopStats], None] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Enhance a whole int16 clip; returns (int16 output of exactly len(pcm) samples, stats dict)."""
-    source = ArraySource(pcm, hop, flush_hops=1)
-    sink = ArraySink(len(pcm), hop, delay=hop)
+    source = ArraySource(pcm, hop, flush_hops=lag_hops)
+    sink = ArraySink(len(pcm), hop, delay=lag_hops * hop)
     hop_ns = hop * 1_000_000_000 // sample_rate
     stats = HopStats(source.n_hops, deadline_ns or hop_ns)
     with collector_paused():  # its one full collection happens here, outside the timed loop

@@ -23,11 +23,11 @@ class Session:
 
     @property
     def hop(self) -> int:
-        return int(self.bundle.manifest["hop"])
+        return self.bundle.spec.hop
 
     @property
     def sample_rate(self) -> int:
-        return int(self.bundle.manifest["sample_rate"])
+        return self.bundle.spec.sample_rate
 
     def describe(self) -> dict:
         entry = getattr(self.backend, "entry", None)
@@ -42,12 +42,12 @@ class Session:
         }
 
 
-def load_speaker(path: Path, manifest: dict) -> np.ndarray:
-    """The profile's embedding; refused when another encoder (or dimension) made it than the bundle expects."""
+def load_speaker(path: Path, spec) -> np.ndarray:
+    """The profile's embedding; refused when another encoder (or dimension) made it than the bundle's
+    StreamSpec (or a device's report of it: `speaker_encoder`, `speaker_dim`) expects."""
     from edge_pse.enroll.profile import load_profile
 
-    want = manifest.get("speaker", {})
-    prof = load_profile(path, expected_encoder=want.get("encoder"), expected_dim=want.get("dim"))
+    prof = load_profile(path, expected_encoder=spec.speaker_encoder, expected_dim=spec.speaker_dim)
     return np.asarray(prof.embedding, dtype=np.float32).reshape(-1)
 
 
@@ -97,7 +97,7 @@ def open_session(
     bundle = Bundle.load(bundle_path)
     if not speaker_path.is_file():
         raise EdgePseError(f"speaker profile not found: {speaker_path} (make one with `edge-pse enroll`)")
-    emb = load_speaker(speaker_path, bundle.manifest)
+    emb = load_speaker(speaker_path, bundle.spec)
     be, tried = open_backend_for(bundle, profile, backend, threads)
     be.set_speaker(emb)
     warm_up(be)

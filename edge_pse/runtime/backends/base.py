@@ -23,8 +23,9 @@ class Backend(ABC):
 
     def __init__(self, bundle: Bundle, entry: FileEntry, threads: int = 1) -> None:
         self.bundle, self.entry, self.threads = bundle, entry, int(threads)
-        self.hop_size = int(bundle.manifest["hop"])
-        self.spk_dim = int(bundle.manifest["speaker"]["dim"])  # the embedding's size
+        self.spec = bundle.spec
+        self.hop_size = bundle.spec.hop
+        self.spk_dim = bundle.spec.speaker_dim  # the embedding's size
         # schema 3: the model files take weight @ embedding + bias (computed here, once per speaker)
         self._projection = bundle.speaker_projection()
         width = self.spk_dim if self._projection is None else self._projection[0].shape[0]
