@@ -283,6 +283,12 @@ def _check_threads(backend: str) -> int:
     return 1
 
 
+def _worth_a_line(failures: int) -> bool:
+    """Log an address's first MAX_FAILED_LOGINS failures in the window, then only the 8th, 16th, 32nd, ...: a
+    flood of bad logins (no lock-out refuses them any more) writes a few lines, not megabytes."""
+    return failures <= MAX_FAILED_LOGINS or failures & (failures - 1) == 0
+
+
 def _evict(sock: socket.socket, message: str) -> None:
     """Tell a login in progress why it is dropped (one ERROR frame, never blocking), then wake its thread."""
     try:
@@ -747,15 +753,17 @@ class _Connection:
                 raise P.ProtocolError("AUTH needs the client's nonce")
         except P.ProtocolError as e:  # a malformed AUTH is a failed login: counted, and one log line
             n = gate.failed_login(self.key)
-            log.warning("failed login from %s: %s (%d in the last %g s)", self.key, e, n, FAILED_LOGIN_WINDOW_S)
+            if _worth_a_line(n):
+                log.warning("failed login from %s: %s (%d in the last %g s)", self.key, e, n, FAILED_LOGIN_WINDOW_S)
             raise
         if not P.check_mac(P.auth_mac(self.agent.token, b"client", nonce, client_nonce), auth.get("mac")):
             n = gate.failed_login(self.key)
             delay = gate.failure_delay(n)
-            log.warning(
-                "failed login from %s: wrong token (%d in the last %g s)%s", self.key, n, FAILED_LOGIN_WINDOW_S,
-                f"; answered after {delay:g} s" if delay else "",
-            )  # fmt: skip
+            if _worth_a_line(n):
+                log.warning(
+                    "failed login from %s: wrong token (%d in the last %g s)%s", self.key, n, FAILED_LOGIN_WINDOW_S,
+                    f"; answered after {delay:g} s" if delay else "",
+                )  # fmt: skip
             if delay:  # within the login's deadline; an eviction for a newcomer ends it early
                 gate.hold(self.ticket, max(0.0, min(delay, deadline - time.monotonic())))
             self.send_error("auth", "authentication failed: wrong token")

@@ -286,7 +286,7 @@ def test_an_export_without_resemblyzer_names_the_encoder_the_profiles_carry(monk
     assert info["encoder_version"] == profile.encoder_version  # the packaged encoder's record of its weights
 
 
-def test_the_stream_spec_round_trips_through_export_and_load(tiny, calib, tmp_path) -> None:  # noqa: F811
+def test_the_stream_spec_round_trips_through_export_and_load(tiny, calib, tmp_path) -> None:
     """What the export writes once (rate, hop, lag from the config, the encoder's name, the projection, the state
     layout) is what every consumer reads back from Bundle.spec; a lag that is not the config's is refused."""
     import json
