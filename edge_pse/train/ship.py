@@ -34,6 +34,17 @@ DATA_ATTRIBUTION = (
     "validation 10 %, test 10 %."
 )
 
+# the root `../shared/data/extra/build.sh` writes: shared/data plus these (never redistributed by this project)
+EXTRA_DATA_ATTRIBUTION = (
+    "Also (the extended root built by shared/data/extra/build.sh, ~9 h of training speech from 608 speakers): "
+    "speechocean762 (Zhang et al., Interspeech 2021; free for commercial and non-commercial use, Apache-2.0 on "
+    "its dataset card), Speech Commands v0.02 test set (Warden 2018; CC BY 4.0) and Arabic Speech Commands "
+    "(Ghandoura et al. 2021; CC BY 4.0), their words joined into utterances, and the moodist ambience "
+    "recordings (Pixabay Content License or CC0; the files are not redistributed). Enrollment comes from a "
+    "speaker's other recordings where there are several."
+)
+SPEECH_SUMMARY = {False: "~1 h of real speech from 251 speakers", True: "~9 h of real speech from 608 speakers"}
+
 
 def fp16_snr_db(model) -> float:
     """Output SNR of the fp16-rounded weights vs fp32, on 4 s of noise-like input with a random speaker."""
@@ -62,6 +73,7 @@ def card(
     snr16: float,
     limits: list[str] = (),
     notes: list[str] = (),
+    extra_data: bool = False,
 ) -> str:
     extra = payload.get("extra", {})
     tc = extra.get("train_config", {})
@@ -97,7 +109,7 @@ def card(
         f"- Stored as {'fp16' if fp16 else 'fp32'} (fp16 weights vs fp32: output SNR {snr16:.1f} dB).",
         "",
         "## Data",
-        DATA_ATTRIBUTION,
+        DATA_ATTRIBUTION + (" " + EXTRA_DATA_ATTRIBUTION if extra_data else ""),
         "",
         "## Measured quality (held-out test split: speakers, noise files and rooms never seen in training)",
     ]
@@ -129,7 +141,7 @@ def card(
     lines += [
         "",
         "## Limits",
-        "Trained for a short CPU budget on ~1 h of real speech from 251 speakers: a starting point to "
+        f"Trained for a short CPU budget on {SPEECH_SUMMARY[extra_data]}: a starting point to "
         "fine-tune on your own data (`edge-pse train --init`), not a finished product.",
         *(f"- {limit}" for limit in limits),
         "",
@@ -210,6 +222,9 @@ def main() -> None:
     ap.add_argument("--note", action="append", default=[], help="a line for the card's Training section (repeat)")
     ap.add_argument("--limit", action="append", default=None, help="a known limit for the card (repeat)")
     ap.add_argument("--card-only", action="store_true", help="rewrite the model card, keep the shipped weights")
+    ap.add_argument(
+        "--extra-data", action="store_true", help="trained on the extended root (shared/data/extra): name its sets"
+    )
     args = ap.parse_args()
     dst = SHIPPED_DIR / f"{args.name}.pt"
     if args.card_only:  # bundles record the checkpoint's sha256: a card update must not touch the weights
@@ -247,7 +262,10 @@ def main() -> None:
     stats = model_stats(payload["preset"], model.cfg)
     limits = args.limit if args.limit is not None else payload.get("extra", {}).get("ship_limits", [])
     notes = args.note or payload.get("extra", {}).get("ship_notes", [])  # --card-only: given ones replace stored
-    text = card(args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16, limits, notes)
+    text = card(
+        args.name, payload, stats, evaluation, args.command, args.wall_time, fp16, snr16, limits, notes,
+        args.extra_data,
+    )  # fmt: skip
     (SHIPPED_DIR / f"{args.name}.md").write_text(text)
     print(
         f"{'kept' if args.card_only else 'shipped'} {dst} ({dst.stat().st_size / 2**20:.2f} MiB, "
