@@ -259,6 +259,14 @@ except KeyboardInterrupt:
 """
 
 
+def default_signals() -> None:
+    """preexec_fn for a child the test interrupts: SIGINT and SIGHUP as a terminal would deliver them. A shell
+    runs a background job (`pytest &`, `nohup pytest`) with them ignored, and a child inherits that: Python then
+    never raises KeyboardInterrupt, and the test would measure the shell's job control, not the kit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def wait_for(cond, seconds: float = 5.0) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -276,6 +284,7 @@ def test_an_interrupted_remote_stream_frees_its_session(agent, bundle) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     try:
         assert proc.stdout.readline().strip() == "streaming", proc.stderr.read()
@@ -698,7 +707,7 @@ def test_a_terminated_remote_run_closes_its_session_and_leaves_no_file(agent, bu
         [sys.executable, "-m", "edge_pse", "run", "--target", target(agent), "--input", str(long_in),
          "--output", str(out / "clean.wav"), "--speaker", str(demo.path(demo.SPEAKER)), "--backend", "onnx",
          "--quiet"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals,
     )  # fmt: skip
     try:
         assert wait_for(lambda: len(agent.sessions) == 1 and any(out.iterdir()), 30.0), proc.stderr
