@@ -289,13 +289,9 @@ def _worth_a_line(failures: int) -> bool:
     return failures <= MAX_FAILED_LOGINS or failures & (failures - 1) == 0
 
 
-def _evict(sock: socket.socket, message: str) -> None:
-    """Tell a login in progress why it is dropped (one ERROR frame, never blocking), then wake its thread."""
-    try:
-        sock.send(P.encode_json(T.ERROR, {"code": "busy", "message": message}), socket.MSG_DONTWAIT)
-    except OSError:
-        pass
-    _shutdown(sock)
+def _hello(nonce: str) -> bytes:
+    """The agent's first frame of every login (TCP or --stdio): its protocol, version and challenge."""
+    return P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce})
 
 
 def _refuse_now(sock: socket.socket, code: str, message: str) -> None:
@@ -398,7 +394,7 @@ class Agent:
             nonce = P.new_nonce()
             try:
                 conn.setblocking(False)
-                conn.send(P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce}))
+                conn.send(_hello(nonce))
             except OSError:
                 conn.close()
                 self.gate.release(ticket, False)
@@ -409,8 +405,10 @@ class Agent:
         return 0.0
 
     def _evicted(self, sel, logins: dict, conn: socket.socket, why: str) -> None:
-        """Tell an evicted login why; the selector closes what it owns, a login thread closes its own."""
-        _evict(conn, why)
+        """Tell an evicted login why (one ERROR frame, never blocking) and wake its thread; the selector closes
+        what it owns, a login thread closes its own."""
+        _refuse_now(conn, "busy", why)
+        _shutdown(conn)
         if conn in logins:
             self._drop_login(sel, logins, conn)
 
@@ -477,7 +475,7 @@ class Agent:
         nonce = P.new_nonce()
         deadline = time.monotonic() + self.handshake_timeout
         try:
-            P.send(conn, P.encode_json(T.HELLO, {"protocol": P.VERSION, "agent": __version__, "nonce": nonce}))
+            P.send(conn, _hello(nonce))
             auth = P.recv_frame(conn, deadline, only=T.AUTH)
         except P.ProtocolError as e:
             _refuse_now(conn, "protocol", str(e))
